@@ -196,3 +196,35 @@ func (g *globals) watchJob(ctx context.Context, nc *nats.Conn, family, id string
 		}
 	}
 }
+
+// waitJob waits for a storage job to reach a final state and returns its coded error if it did not succeed.
+func waitJob(ctx context.Context, nc *nats.Conn, sc interface {
+	Job(context.Context, string) (jobs.Job, error)
+}, id string) (jobs.Job, error) {
+	events := make(chan *nats.Msg, 64)
+	sub, err := nc.ChanSubscribe(jobs.EventSubject("storage", id), events)
+	if err != nil {
+		return jobs.Job{}, errs.Wrap(errs.Unavailable, err, "subscribing to job events")
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		j, err := sc.Job(ctx, id)
+		if err != nil {
+			return j, err
+		}
+		if isFinal(j.State) {
+			if j.Error != nil {
+				return j, j.Error
+			}
+			return j, nil
+		}
+		select {
+		case <-ctx.Done():
+			return j, errs.From(ctx.Err())
+		case <-events:
+		case <-tick.C:
+		}
+	}
+}

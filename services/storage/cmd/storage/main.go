@@ -1,0 +1,104 @@
+// Command storage runs one replica of the storage service.
+//
+//	storage -strategy s3 -opt endpoint=http://s3:7070 -opt bucket=backups -opt region=us-east-1
+//
+// Strategy options come from -opt key=value flags and from TROVE_STORAGE_OPT_<KEY> environment variables
+// (secrets such as secret_key belong in the environment or a file, not on the command line).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"troveng.dev/services/storage"
+	"troveng.dev/shared/admin"
+	"troveng.dev/shared/service"
+	"troveng.dev/shared/telemetry"
+)
+
+type optFlags map[string]string
+
+func (o optFlags) String() string { return fmt.Sprint(len(o), " options") }
+func (o optFlags) Set(v string) error {
+	k, val, ok := strings.Cut(v, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("%q is not key=value", v)
+	}
+	o[strings.ToLower(k)] = val
+	return nil
+}
+
+func main() {
+	if err := run(); err != nil {
+		slog.Error("storage service failed", "error", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var cfg service.Config
+	fs := flag.NewFlagSet("storage", flag.ExitOnError)
+	cfg.Bind(fs)
+	strategy := fs.String("strategy", envOr("TROVE_STORAGE_STRATEGY", "fs"), "storage strategy: "+strings.Join(storage.Strategies(), ", ")+" (env TROVE_STORAGE_STRATEGY)")
+	opts := optFlags{}
+	for _, kv := range os.Environ() {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "TROVE_STORAGE_OPT_") {
+			opts[strings.ToLower(strings.TrimPrefix(k, "TROVE_STORAGE_OPT_"))] = v
+		}
+	}
+	fs.Var(opts, "opt", "strategy option key=value (repeatable; env TROVE_STORAGE_OPT_<KEY>)")
+	_ = fs.Parse(os.Args[1:])
+	if err := cfg.Load(); err != nil {
+		return err
+	}
+	level, _ := cfg.Level()
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+
+	ctx := context.Background()
+	tel, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: service.ServiceName(storage.Family), ServiceVersion: storage.Version, OTLPEndpoint: cfg.OTLPEndpoint})
+	if err != nil {
+		return err
+	}
+	nc, err := service.Connect(ctx, cfg, service.ServiceName(storage.Family))
+	if err != nil {
+		return err
+	}
+	svc, err := storage.Start(ctx, nc, tel, storage.Config{Strategy: *strategy, Options: opts})
+	if err != nil {
+		return err
+	}
+	var adm *admin.Server
+	if cfg.AdminAddr != "" {
+		adm = admin.New(admin.Config{
+			Addr: cfg.AdminAddr, Token: cfg.AdminToken,
+			Service: service.ServiceName(storage.Family), Version: storage.Version,
+			Info:    svc.Info,
+			Ready:   map[string]admin.Check{"nats": admin.NATSCheck(nc), "backend": svc.Ready},
+			Metrics: tel.MetricsHandler(), MeterProvider: tel.MeterProvider(),
+		})
+		addr, err := adm.Start(ctx)
+		if err != nil {
+			return err
+		}
+		slog.Info("admin HTTP", "addr", addr)
+	}
+	slog.Info("storage service running", "strategy", *strategy, "config", cfg)
+	return service.RunUntilSignal(ctx, func(ctx context.Context) error {
+		if adm != nil {
+			_ = adm.Shutdown(ctx)
+		}
+		_ = svc.Stop()
+		return service.Stopper(nil, nil, nc, tel)(ctx)
+	})
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
