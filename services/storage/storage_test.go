@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"troveng.dev/services/storage"
 	"troveng.dev/shared/contract/storagev1"
@@ -25,6 +27,7 @@ import (
 	"troveng.dev/shared/s3test"
 	"troveng.dev/shared/storageclient"
 	"troveng.dev/shared/stream"
+	"troveng.dev/shared/telemetry"
 	"troveng.dev/shared/telemetry/telemetrytest"
 )
 
@@ -36,6 +39,8 @@ type stack struct {
 	svc    *storage.Service
 	client *storageclient.Client
 	root   string // fs root when the strategy is fs
+	tel    *telemetry.Telemetry
+	spans  *tracetest.InMemoryExporter
 }
 
 var testStream = stream.Options{ChunkSize: 64 << 10, Window: 8, IdleTimeout: 2 * time.Second}
@@ -52,7 +57,8 @@ func startStack(t *testing.T, strategy string, opts map[string]string) *stack {
 		opts["root"] = t.TempDir()
 	}
 	st.root = opts["root"]
-	tel, _ := telemetrytest.New(t)
+	tel, spans := telemetrytest.New(t)
+	st.tel, st.spans = tel, spans
 	svc, err := storage.Start(context.Background(), st.nc, tel, storage.Config{
 		Strategy: strategy, Options: opts, Stream: testStream,
 		Jobs: jobs.Options{AckWait: 2 * time.Second},
@@ -240,7 +246,7 @@ func TestBadInput(t *testing.T) {
 	wantCode(t, call(storagev1.EndpointGet, storagev1.GetRequest{Key: "k", Offset: -1, Stream: "_INBOX.x"}), errs.BadRequest)
 	wantCode(t, call(storagev1.EndpointList, storagev1.ListRequest{Limit: 5000}), errs.BadRequest)
 	wantCode(t, call(storagev1.EndpointList, storagev1.ListRequest{Prefix: "../"}), errs.BadRequest)
-	wantCode(t, call(storagev1.EndpointPut, storagev1.PutRequest{Key: "k", Metadata: map[string]string{"bad.key": "v"}}), errs.BadRequest)
+	wantCode(t, call(storagev1.EndpointPut, storagev1.PutRequest{Key: "k", Metadata: map[string]string{"bad key": "v"}}), errs.BadRequest)
 	wantCode(t, call(storagev1.EndpointCopy, storagev1.CopyRequest{Source: "a", Destination: "a"}), errs.BadRequest)
 	wantCode(t, call(storagev1.EndpointCopy, storagev1.CopyRequest{Source: "missing", Destination: "b"}), errs.NotFound)
 
@@ -515,4 +521,56 @@ func TestBusy(t *testing.T) {
 	_, err = c.Put(ctx, "second", strings.NewReader("x"), nil)
 	wantCode(t, err, errs.Busy)
 	_ = pw.Close()
+}
+
+// TestTraceAndMetrics: one trace spans the client's call, the service's endpoint and the transfer that
+// outlives the request; the bytes are counted in the service's metrics.
+func TestTraceAndMetrics(t *testing.T) {
+	st := startStack(t, "fs", nil)
+	ctx, root := telemetrytest.Provider().Tracer("test").Start(ctxT(t), "operator")
+	if _, err := st.client.Put(ctx, "traced", strings.NewReader("hello trace"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.client.Get(ctx, "traced", 0, 0, io.Discard, nil); err != nil {
+		t.Fatal(err)
+	}
+	root.End()
+	id := root.SpanContext().TraceID()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		spans := telemetrytest.SpansOfTrace(st.spans, id)
+		_, put := telemetrytest.SpanNamed(spans, "storage.put")
+		_, write := telemetrytest.SpanNamed(spans, "storage.put.write")
+		_, get := telemetrytest.SpanNamed(spans, "storage.get")
+		_, read := telemetrytest.SpanNamed(spans, "storage.get.read")
+		if put && write && get && read {
+			break
+		}
+		if time.Now().After(deadline) {
+			var names []string
+			for _, s := range spans {
+				names = append(names, s.Name)
+			}
+			t.Fatalf("trace %s lacks a hop; spans: %v", id, names)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	rec := httptest.NewRecorder()
+	st.tel.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	for _, want := range []string{`trove_bytes_total{direction="in",op="put"`, `trove_requests_total{code="ok",endpoint="storage.put"`, `trove_requests_total{code="ok",endpoint="storage.put.transfer"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s:\n%s", want, grepTrove(body))
+		}
+	}
+}
+
+func grepTrove(body string) string {
+	var out []string
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, "trove_") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel"
@@ -28,12 +27,8 @@ import (
 	"troveng.dev/shared/telemetry"
 )
 
-// Limits on what a request may carry.
-const (
-	maxMetadataEntries = 32
-	maxMetadataBytes   = 8 << 10
-	defaultMaxStreams  = 16
-)
+// defaultMaxStreams bounds concurrent transfers per replica: each holds a credit window of chunks in memory.
+const defaultMaxStreams = 16
 
 // Options tune a Server.
 type Options struct {
@@ -110,9 +105,10 @@ func (s *Server) release() { <-s.slots }
 
 // background runs f in a goroutine that outlives the request, as a span linked to the request's trace.
 func (s *Server) background(reqCtx context.Context, name string, f func(ctx context.Context)) {
-	ctx, span := s.tracer.Start(s.ctx, name, trace.WithLinks(trace.LinkFromContext(reqCtx)))
-	// Keep the request's trace as parent so one trace shows the whole transfer.
-	ctx = trace.ContextWithSpan(trace.ContextWithSpanContext(ctx, trace.SpanContextFromContext(reqCtx)), span)
+	// The goroutine is cancelled with the server (s.ctx), not with the request, but its span stays a child of
+	// the request's so one trace shows the whole transfer.
+	parent := trace.ContextWithSpanContext(s.ctx, trace.SpanContextFromContext(reqCtx))
+	ctx, span := s.tracer.Start(parent, name)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -125,36 +121,11 @@ func toObject(i backend.ObjectInfo) storagev1.Object {
 	return storagev1.Object{Key: i.Key, Size: i.Size, SHA256: i.SHA256, Metadata: i.Metadata, Modified: i.Modified}
 }
 
-func validateMetadata(m map[string]string) error {
-	if len(m) > maxMetadataEntries {
-		return errs.BadRequestf("metadata has %d entries; the limit is %d", len(m), maxMetadataEntries)
-	}
-	total := 0
-	for k, v := range m {
-		if err := ids.Validate("metadata key", k); err != nil {
-			return err
-		}
-		if !utf8.ValidString(v) {
-			return errs.BadRequestf("metadata value of %q is not valid UTF-8", k)
-		}
-		for _, r := range v {
-			if r < 0x20 || r == 0x7f {
-				return errs.BadRequestf("metadata value of %q contains a control character", k)
-			}
-		}
-		total += len(k) + len(v)
-	}
-	if total > maxMetadataBytes {
-		return errs.BadRequestf("metadata is %d bytes; the limit is %d", total, maxMetadataBytes)
-	}
-	return nil
-}
-
 func (s *Server) put(ctx context.Context, req storagev1.PutRequest) (storagev1.PutReply, error) {
 	if err := ids.ValidateKey(req.Key); err != nil {
 		return storagev1.PutReply{}, err
 	}
-	if err := validateMetadata(req.Metadata); err != nil {
+	if err := backend.ValidateMetadata(req.Metadata); err != nil {
 		return storagev1.PutReply{}, err
 	}
 	if err := s.acquire(); err != nil {
@@ -173,11 +144,11 @@ func (s *Server) put(ctx context.Context, req storagev1.PutRequest) (storagev1.P
 		if err != nil {
 			slog.Warn("put failed", "key", req.Key, "error", err)
 			rcv.Fail(err)
-			s.metrics.Job(ctx, "put", "failed", time.Since(start))
+			s.metrics.Request(ctx, "storage.put.transfer", errs.CodeOf(err), time.Since(start))
 			return
 		}
 		s.metrics.Bytes(ctx, "put", "in", info.Size)
-		s.metrics.Job(ctx, "put", "succeeded", time.Since(start))
+		s.metrics.Request(ctx, "storage.put.transfer", "", time.Since(start))
 		body, _ := json.Marshal(toObject(info))
 		if err := rcv.Finish(body); err != nil {
 			slog.Warn("put: final acknowledgement not delivered", "key", req.Key, "error", err)
@@ -226,11 +197,11 @@ func (s *Server) get(ctx context.Context, req storagev1.GetRequest) (storagev1.G
 		_, tr, err := stream.Send(ctx, s.nc, req.Stream, src, s.opts.Stream)
 		if err != nil {
 			slog.Warn("get failed", "key", req.Key, "error", err)
-			s.metrics.Job(ctx, "get", "failed", time.Since(start))
+			s.metrics.Request(ctx, "storage.get.transfer", errs.CodeOf(err), time.Since(start))
 			return
 		}
 		s.metrics.Bytes(ctx, "get", "out", tr.Size)
-		s.metrics.Job(ctx, "get", "succeeded", time.Since(start))
+		s.metrics.Request(ctx, "storage.get.transfer", "", time.Since(start))
 	})
 	return storagev1.GetReply{Object: toObject(info), Offset: req.Offset, Length: n}, nil
 }
