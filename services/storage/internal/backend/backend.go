@@ -1,0 +1,194 @@
+// Package backend holds the storage strategies: where the storage service keeps artifacts. Each strategy
+// (fs, s3, nats) implements Backend and registers a Factory under its name; the service opens one by name
+// with string configuration (from flags or environment). docs/storage-strategies.md describes each one's
+// configuration keys, layout and limits.
+package backend
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"troveng.dev/shared/errs"
+	"troveng.dev/shared/ids"
+)
+
+// ObjectInfo describes a stored object.
+type ObjectInfo struct {
+	Key      string            `json:"key"`
+	Size     int64             `json:"size"`
+	SHA256   string            `json:"sha256"`             // lower-case hex of the whole object, recorded at put
+	Metadata map[string]string `json:"metadata,omitempty"` // user metadata, see ValidateMetadata
+	Modified time.Time         `json:"modified"`
+}
+
+// Backend is one storage strategy. Implementations are safe for concurrent use.
+type Backend interface {
+	// Put stores r's bytes under key atomically: nothing is visible under key until all bytes are durably
+	// written and the size+SHA-256 (which Put computes itself while streaming) are recorded. If r returns an
+	// error or ctx ends, nothing is visible and temporary data is removed. Overwrite of an existing key
+	// replaces it atomically.
+	Put(ctx context.Context, key string, r io.Reader, meta map[string]string) (ObjectInfo, error)
+	// Get returns a reader of [offset, offset+length) (length < 0: to the end) and the object's info.
+	// Range beyond the end -> errs.BadRequest ("range not satisfiable"); missing key -> errs.NotFound.
+	// A length reaching past the end is cut at the end. ctx governs the reader too (reads fail once it
+	// ends). The caller must Close the reader.
+	Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, ObjectInfo, error)
+	// Stat returns the info of key; missing key -> errs.NotFound.
+	Stat(ctx context.Context, key string) (ObjectInfo, error)
+	// List returns up to limit objects whose key starts with prefix and sorts after startAfter, in key order,
+	// and a continuation token (the last key) when more exist. limit <= 0 means DefaultListLimit; larger
+	// limits are cut to MaxListLimit.
+	List(ctx context.Context, prefix, startAfter string, limit int) ([]ObjectInfo, string, error)
+	// Delete removes key; missing key -> errs.NotFound.
+	Delete(ctx context.Context, key string) error
+	// Ping reports whether the backend is reachable (readiness).
+	Ping(ctx context.Context) error
+	// Close releases the backend's resources.
+	Close() error
+}
+
+// List limits shared by all strategies.
+const (
+	DefaultListLimit = 1000
+	MaxListLimit     = 1000
+)
+
+// Metadata limits. Keys are restricted to characters that survive every strategy's encoding and an HTTP
+// header name, so metadata can be shown or relayed unchanged.
+const (
+	MaxMetadataKeyLen = 128
+	MaxMetadataBytes  = 8 << 10 // sum of len(key)+len(value) over all entries
+)
+
+// ValidateMetadata checks user metadata: keys of 1..128 characters [A-Za-z0-9._-], values valid UTF-8
+// without control characters, at most MaxMetadataBytes in total.
+func ValidateMetadata(meta map[string]string) error {
+	total := 0
+	for k, v := range meta {
+		if k == "" {
+			return errs.BadRequestf("metadata key is empty")
+		}
+		if len(k) > MaxMetadataKeyLen {
+			return errs.BadRequestf("metadata key %.40q... is %d bytes long; the limit is %d", k, len(k), MaxMetadataKeyLen)
+		}
+		for i := 0; i < len(k); i++ {
+			c := k[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+				return errs.BadRequestf("metadata key %q has %q at position %d; use letters, digits, '.', '_' and '-'", strings.ToValidUTF8(k, "?"), rune(c), i)
+			}
+		}
+		if !utf8.ValidString(v) {
+			return errs.BadRequestf("metadata value of %q is not valid UTF-8", k)
+		}
+		for _, r := range v {
+			if r < 0x20 || r == 0x7f {
+				return errs.BadRequestf("metadata value of %q contains a control character", k)
+			}
+		}
+		total += len(k) + len(v)
+	}
+	if total > MaxMetadataBytes {
+		return errs.BadRequestf("metadata is %d bytes; the limit is %d", total, MaxMetadataBytes)
+	}
+	return nil
+}
+
+// copyMetadata returns a copy of meta, nil when empty (so empty metadata round-trips as nil everywhere).
+func copyMetadata(meta map[string]string) map[string]string {
+	if len(meta) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(meta))
+	for k, v := range meta {
+		out[k] = v
+	}
+	return out
+}
+
+// resolveRange checks a requested range against an object of size bytes and returns the number of bytes to
+// deliver. offset must lie inside the object (offset == 0 is always allowed, so an empty object can be read
+// whole); length < 0 means to the end, and a length reaching past the end is cut at the end.
+func resolveRange(key string, size, offset, length int64) (int64, error) {
+	if offset < 0 {
+		return 0, errs.BadRequestf("range of %q: offset %d is negative", key, offset)
+	}
+	if offset > 0 && offset >= size {
+		return 0, errs.BadRequestf("range not satisfiable: offset %d is beyond the end of %q (%d bytes)", offset, key, size)
+	}
+	n := size - offset
+	if length >= 0 && length < n {
+		n = length
+	}
+	return n, nil
+}
+
+// normalizeLimit applies the list limit rules.
+func normalizeLimit(limit int) int {
+	if limit <= 0 {
+		return DefaultListLimit
+	}
+	if limit > MaxListLimit {
+		return MaxListLimit
+	}
+	return limit
+}
+
+// checkPut validates the arguments every Put receives.
+func checkPut(key string, r io.Reader, meta map[string]string) error {
+	if err := ids.ValidateKey(key); err != nil {
+		return err
+	}
+	if r == nil {
+		return errs.BadRequestf("put %q: no data reader", key)
+	}
+	return ValidateMetadata(meta)
+}
+
+// readerError marks an error returned by the caller's reader, so it is reported as the caller's problem
+// (with the reader's own code if it has one) and not as a backend failure.
+type readerError struct{ err error }
+
+func (e *readerError) Error() string { return "reading the data to store: " + e.err.Error() }
+func (e *readerError) Unwrap() error { return e.err }
+
+// sourceReader wraps the caller's reader: ends reading when ctx ends and marks the reader's errors.
+type sourceReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (s sourceReader) Read(p []byte) (int, error) {
+	if err := s.ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		return n, &readerError{err}
+	}
+	return n, err
+}
+
+// putError codes an error that ended a Put: the caller's context wins, then the reader's own failure, then
+// the backend's (already coded) failure.
+func putError(ctx context.Context, key string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return errs.Wrap(errs.CodeOf(ctx.Err()), ctx.Err(), "put %q abandoned, nothing stored", key)
+	}
+	var re *readerError
+	if errors.As(err, &re) {
+		code := errs.CodeOf(re.err)
+		if code == errs.Internal {
+			// A reader that fails without a code is the caller's input breaking off.
+			code = errs.BadRequest
+		}
+		return errs.Wrap(code, re.err, "put %q: reading the data failed, nothing stored", key)
+	}
+	return err
+}
