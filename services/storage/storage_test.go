@@ -335,7 +335,9 @@ func TestFaults(t *testing.T) {
 		_, _ = pw.Write(randomBytes(512<<10, 3))
 		st.cli.Close() // the sending process is gone: no trailer, no more pings
 		_ = pw.CloseWithError(errors.New("gone"))
-		<-done
+		if err := <-done; err == nil {
+			t.Fatal("put whose connection closed mid-stream reported success")
+		}
 		// The service notices the silence within its idle timeout and leaves nothing behind.
 		time.Sleep(testStream.IdleTimeout + time.Second)
 		c2 := storageclient.New(st.ns.Connect(), testStream)

@@ -639,7 +639,7 @@ func (r *Runner) watchKey(ctx context.Context, key string, updatesOnly bool, opt
 		timer := time.AfterFunc(r.o.CallTimeout, cancel)
 		w, err = r.kv.Watch(wctx, key, opts...)
 		if !timer.Stop() && err == nil {
-			w.Stop()
+			_ = w.Stop()
 			err = context.DeadlineExceeded
 		}
 		if err == nil {

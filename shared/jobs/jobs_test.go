@@ -385,9 +385,7 @@ func TestHandlerErrors(t *testing.T) {
 			return nil, errors.New("disk on fire")
 		},
 		"panics": func(ctx context.Context, job Job, report func(Progress)) (any, error) {
-			var m map[string]int
-			m["x"] = 1 // nil map write
-			return nil, nil
+			panic("handler bug")
 		},
 		"badresult": func(ctx context.Context, job Job, report func(Progress)) (any, error) {
 			return func() {}, nil

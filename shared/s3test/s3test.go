@@ -189,7 +189,7 @@ func (s *Server) do(method, path string) (int, []byte, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	var b bytes.Buffer
 	_, _ = b.ReadFrom(resp.Body)
 	return resp.StatusCode, b.Bytes(), nil
@@ -229,7 +229,7 @@ func freePort(t testing.TB) int {
 	if err != nil {
 		t.Fatalf("s3test: find a free port: %v", err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port
 }
 

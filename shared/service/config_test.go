@@ -77,7 +77,7 @@ func TestConfigEnvFallbacks(t *testing.T) {
 func TestConfigDefaultsAndErrors(t *testing.T) {
 	for _, k := range []string{"TROVE_NATS_URL", "TROVE_ADMIN_ADDR", "TROVE_ADMIN_TOKEN", "TROVE_ADMIN_TOKEN_FILE", "TROVE_LOG_LEVEL"} {
 		t.Setenv(k, "")
-		os.Unsetenv(k)
+		_ = os.Unsetenv(k)
 	}
 	var c service.Config
 	fs := flag.NewFlagSet("x", flag.ContinueOnError)
@@ -103,7 +103,9 @@ func TestConfigDefaultsAndErrors(t *testing.T) {
 		t.Fatalf("missing token file: %v", err)
 	}
 	empty := filepath.Join(t.TempDir(), "empty")
-	os.WriteFile(empty, []byte("\n"), 0o600)
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	bad.AdminTokenFile = empty
 	if err := bad.Load(); !errs.Is(err, errs.BadRequest) {
 		t.Fatalf("empty token file: %v", err)
@@ -140,7 +142,9 @@ func TestConnect(t *testing.T) {
 	}
 	// A creds file that exists is passed to the client: a garbage one fails the connect without retrying.
 	garbage := filepath.Join(t.TempDir(), "bad.creds")
-	os.WriteFile(garbage, []byte("not a creds file"), 0o600)
+	if err := os.WriteFile(garbage, []byte("not a creds file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := service.Connect(ctx, service.Config{NatsURL: srv.URL(), CredsFile: garbage}, "x"); !errs.Is(err, errs.Unavailable) {
 		t.Fatalf("garbage creds: %v", err)
 	}

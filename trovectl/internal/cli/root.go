@@ -4,7 +4,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -133,5 +132,3 @@ func (g *globals) print(v any, text func(w io.Writer)) error {
 func (g *globals) requestCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, g.timeout)
 }
-
-var errUsage = errors.New("usage")

@@ -101,7 +101,7 @@ func storageGetCmd(g *globals) *cobra.Command {
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withStorage(func(_ *nats.Conn, sc *storageclient.Client) error {
-				var dst io.Writer = g.stdout
+				dst := g.stdout
 				var tmp *os.File
 				target := ""
 				if len(args) == 2 && args[1] != "-" {

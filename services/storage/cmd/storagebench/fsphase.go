@@ -29,8 +29,8 @@ func (e *benchEnv) benchFS(ctx context.Context, size int64) (sizeResult, error) 
 		return sizeResult{}, err
 	}
 	written, copied := filepath.Join(plain, "written"), filepath.Join(plain, "copied")
-	defer os.Remove(written)
-	defer os.Remove(copied)
+	defer func() { _ = os.Remove(written) }()
+	defer func() { _ = os.Remove(copied) }()
 	svc, err := e.startService(ctx, "fs", map[string]string{"root": filepath.Join(cfg.dir, "fs-store")}, nil)
 	if err != nil {
 		return sizeResult{}, err
@@ -71,7 +71,7 @@ func (e *benchEnv) benchFS(ctx context.Context, size int64) (sizeResult, error) 
 			if err != nil {
 				return err
 			}
-			defer in.Close()
+			defer func() { _ = in.Close() }()
 			return writeFile(copied, in, nil)
 		}},
 		fsSvcGet: {"service get (fs)", func() error {
@@ -86,7 +86,7 @@ func (e *benchEnv) benchFS(ctx context.Context, size int64) (sizeResult, error) 
 			if err != nil {
 				return err
 			}
-			defer f.Close()
+			defer func() { _ = f.Close() }()
 			sk := newSink()
 			// The anonymous struct hides *os.File's WriterTo, so the copy uses buf instead of 32 KiB reads.
 			if _, err := io.CopyBuffer(sk, struct{ io.Reader }{f}, buf); err != nil {

@@ -129,7 +129,7 @@ func run(ctx context.Context, cfg config, out io.Writer) (err error) {
 			return err
 		}
 		if !cfg.keep {
-			defer os.RemoveAll(cfg.dir)
+			defer func() { _ = os.RemoveAll(cfg.dir) }()
 		}
 	} else if err := os.MkdirAll(cfg.dir, 0o755); err != nil {
 		return err

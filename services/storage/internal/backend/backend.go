@@ -77,7 +77,7 @@ func ValidateMetadata(meta map[string]string) error {
 		}
 		for i := 0; i < len(k); i++ {
 			c := k[i]
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != '-' {
 				return errs.BadRequestf("metadata key %q has %q at position %d; use letters, digits, '.', '_' and '-'", strings.ToValidUTF8(k, "?"), rune(c), i)
 			}
 		}

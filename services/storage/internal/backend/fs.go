@@ -90,7 +90,7 @@ func NewFS(dir string) (Backend, error) {
 	}
 	for _, d := range []string{fsObjectsDir, fsTmpDir} {
 		if err := root.Mkdir(d, 0o750); err != nil && !errors.Is(err, fs.ErrExist) {
-			root.Close()
+			_ = root.Close()
 			return nil, errs.Wrap(errs.Unavailable, err, "fs strategy: create %q under %q", d, dir)
 		}
 	}
@@ -152,7 +152,7 @@ func (b *fsBackend) Put(ctx context.Context, key string, r io.Reader, meta map[s
 	committed := false
 	defer func() {
 		if !committed {
-			f.Close()
+			_ = f.Close()
 			_ = b.root.Remove(tmp)
 		}
 	}()
@@ -248,7 +248,7 @@ func (b *fsBackend) syncDir(dir string) error {
 	if err != nil {
 		return err
 	}
-	defer d.Close()
+	defer func() { _ = d.Close() }()
 	return d.Sync()
 }
 
@@ -267,7 +267,7 @@ func (b *fsBackend) open(key string) (*os.File, fsRecord, error) {
 	}
 	rec, err := readTrailer(f, key)
 	if err != nil {
-		f.Close()
+		_ = f.Close()
 		return nil, fsRecord{}, err
 	}
 	return f, rec, nil
@@ -321,7 +321,7 @@ func (b *fsBackend) Get(ctx context.Context, key string, offset, length int64) (
 	}
 	n, err := resolveRange(key, rec.Size, offset, length)
 	if err != nil {
-		f.Close()
+		_ = f.Close()
 		return nil, ObjectInfo{}, err
 	}
 	return &fsReader{ctx: ctx, key: key, r: io.NewSectionReader(f, offset, n), f: f}, rec.info(), nil
@@ -353,7 +353,7 @@ func (b *fsBackend) Stat(_ context.Context, key string) (ObjectInfo, error) {
 	if err != nil {
 		return ObjectInfo{}, err
 	}
-	f.Close()
+	_ = f.Close()
 	return rec.info(), nil
 }
 
@@ -432,7 +432,7 @@ func (l *fsLister) walk(dir, keyPrefix string) error {
 		return l.b.ioError(err, "list %q", keyPrefix)
 	}
 	dirents, err := d.ReadDir(-1)
-	d.Close()
+	_ = d.Close()
 	if err != nil {
 		return l.b.ioError(err, "list %q", keyPrefix)
 	}
@@ -475,7 +475,7 @@ func (l *fsLister) walk(dir, keyPrefix string) error {
 			}
 			return err
 		}
-		f.Close()
+		_ = f.Close()
 		if len(l.out) == l.limit {
 			l.more = true
 			return nil

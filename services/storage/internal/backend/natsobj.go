@@ -212,25 +212,25 @@ func (b *natsBackend) Get(ctx context.Context, key string, offset, length int64)
 	}
 	raw, err := res.Info() // the info of the version being streamed
 	if err != nil {
-		res.Close()
+		_ = res.Close()
 		cancel()
 		return nil, ObjectInfo{}, natsError(err, "get", key)
 	}
 	info, err := natsInfo(raw)
 	if err != nil {
-		res.Close()
+		_ = res.Close()
 		cancel()
 		return nil, ObjectInfo{}, err
 	}
 	n, err := resolveRange(key, info.Size, offset, length)
 	if err != nil {
-		res.Close()
+		_ = res.Close()
 		cancel()
 		return nil, ObjectInfo{}, err
 	}
 	r := &natsReader{b: b, key: key, res: res, cancel: cancel, idle: b.timeout, left: -1}
 	if err := r.skip(offset); err != nil {
-		r.Close()
+		_ = r.Close()
 		return nil, ObjectInfo{}, err
 	}
 	if offset+n < info.Size {

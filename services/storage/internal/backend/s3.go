@@ -241,7 +241,7 @@ func (cs *s3Conns) dial(ctx context.Context, network, addr string) (net.Conn, er
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if cs.closed {
-		conn.Close()
+		_ = conn.Close()
 		return nil, errs.Unavailablef("s3 strategy is closed")
 	}
 	cs.open[c] = struct{}{}
@@ -257,7 +257,7 @@ func (cs *s3Conns) closeAll() {
 	}
 	cs.mu.Unlock()
 	for _, c := range conns {
-		c.Close()
+		_ = c.Close()
 	}
 }
 
@@ -268,7 +268,7 @@ type s3Conn struct {
 }
 
 func (c *s3Conn) Read(p []byte) (int, error) {
-	if err := c.Conn.SetReadDeadline(time.Now().Add(c.owner.timeout)); err != nil {
+	if err := c.SetReadDeadline(time.Now().Add(c.owner.timeout)); err != nil {
 		return 0, err
 	}
 	return c.Conn.Read(p)
@@ -451,7 +451,7 @@ func (b *s3Backend) multipartUpload(ctx context.Context, key, dataName string, s
 		buf = b.getBuf()
 		var rerr error
 		n, rerr = io.ReadFull(src, *buf)
-		h.Write((*buf)[:n])
+		_, _ = h.Write((*buf)[:n]) // hash.Hash.Write never fails
 		if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
 			b.putBuf(buf)
 			<-tokens
@@ -518,7 +518,7 @@ func (b *s3Backend) readRecord(ctx context.Context, key string) (*s3Record, erro
 		}
 		return nil, err
 	}
-	defer out.Body.Close()
+	defer func() { _ = out.Body.Close() }()
 	js, err := io.ReadAll(io.LimitReader(out.Body, s3MaxRecord+1))
 	if err != nil {
 		return nil, b.s3Error(err, "read record of", key)

@@ -88,7 +88,7 @@ func (r *s3ParallelReader) fetchOnce(c *s3Chunk) error {
 	if err != nil {
 		return err
 	}
-	defer body.Close()
+	defer func() { _ = body.Close() }()
 	got, err := io.ReadFull(body, (*c.buf)[:c.n])
 	switch {
 	case err == io.ErrUnexpectedEOF || err == io.EOF:
