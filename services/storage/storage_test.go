@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"troveng.dev/services/storage"
+	"troveng.dev/shared/admin"
 	"troveng.dev/shared/contract/storagev1"
 	"troveng.dev/shared/errs"
 	"troveng.dev/shared/jobs"
@@ -575,4 +577,62 @@ func grepTrove(body string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestAdminRoutes: reads are open, deletes and cancels need the bearer token, bad input is a coded problem.
+func TestAdminRoutes(t *testing.T) {
+	st := startStack(t, "fs", nil)
+	ctx := ctxT(t)
+	if _, err := st.client.Put(ctx, "adm/one", strings.NewReader("1"), nil); err != nil {
+		t.Fatal(err)
+	}
+	adm := admin.New(admin.Config{Addr: "127.0.0.1:0", Token: "s3cret-token", Service: "trove-storage", Version: storage.Version,
+		Info: st.svc.Info, Ready: map[string]admin.Check{"backend": st.svc.Ready}, Metrics: st.tel.MetricsHandler()})
+	st.svc.AdminRoutes(adm)
+	addr, err := adm.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = adm.Shutdown(context.Background()) })
+	base := "http://" + addr
+	do := func(method, path, token string) (int, string) {
+		req, _ := http.NewRequestWithContext(ctx, method, base+path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := do("GET", "/v1/objects?prefix=adm/", ""); code != 200 || !strings.Contains(body, `"adm/one"`) {
+		t.Fatalf("list: %d %s", code, body)
+	}
+	if code, body := do("GET", "/v1/object?key=../x", ""); code != 400 || !strings.Contains(body, `"code":"bad_request"`) {
+		t.Fatalf("bad key: %d %s", code, body)
+	}
+	if code, body := do("GET", "/v1/info", ""); code != 200 || !strings.Contains(body, `"strategy":"fs"`) {
+		t.Fatalf("info: %d %s", code, body)
+	}
+	if code, _ := do("DELETE", "/v1/object?key=adm/one", ""); code != 401 {
+		t.Fatalf("delete without token: %d", code)
+	}
+	if code, _ := do("DELETE", "/v1/object?key=adm/one", "wrong"); code != 401 {
+		t.Fatalf("delete with a wrong token: %d", code)
+	}
+	if _, err := st.client.Stat(ctx, "adm/one"); err != nil {
+		t.Fatalf("refused delete removed the object: %v", err)
+	}
+	if code, body := do("DELETE", "/v1/object?key=adm/one", "s3cret-token"); code != 200 {
+		t.Fatalf("delete with the token: %d %s", code, body)
+	}
+	if code, body := do("POST", "/v1/jobs/nosuchjob/cancel", "s3cret-token"); code != 404 || !strings.Contains(body, "not_found") {
+		t.Fatalf("cancel of an unknown job: %d %s", code, body)
+	}
+	if code, _ := do("GET", "/readyz", ""); code != 200 {
+		t.Fatalf("readyz: %d", code)
+	}
 }

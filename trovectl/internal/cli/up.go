@@ -118,6 +118,7 @@ func (g *globals) up(ctx context.Context, o upOptions) error {
 		Ready:   map[string]admin.Check{"nats": admin.NATSCheck(nc), "backend": svc.Ready},
 		Metrics: tel.MetricsHandler(), MeterProvider: tel.MeterProvider(),
 	})
+	svc.AdminRoutes(adm)
 	adminAddr, err := adm.Start(ctx)
 	if err != nil {
 		return errs.Wrap(errs.Unavailable, err, "starting admin HTTP on %s", o.adminAddr)

@@ -80,6 +80,7 @@ func run() error {
 			Ready:   map[string]admin.Check{"nats": admin.NATSCheck(nc), "backend": svc.Ready},
 			Metrics: tel.MetricsHandler(), MeterProvider: tel.MeterProvider(),
 		})
+		svc.AdminRoutes(adm)
 		addr, err := adm.Start(ctx)
 		if err != nil {
 			return err

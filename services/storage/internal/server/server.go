@@ -74,14 +74,14 @@ func (s *Server) Endpoints() []service.Endpoint {
 	return []service.Endpoint{
 		{Name: storagev1.EndpointPut, Handler: service.JSON(s.put), Mutating: true},
 		{Name: storagev1.EndpointGet, Handler: service.JSON(s.get)},
-		{Name: storagev1.EndpointStat, Handler: service.JSON(s.stat)},
-		{Name: storagev1.EndpointList, Handler: service.JSON(s.list)},
-		{Name: storagev1.EndpointDelete, Handler: service.JSON(s.delete), Mutating: true},
+		{Name: storagev1.EndpointStat, Handler: service.JSON(s.Stat)},
+		{Name: storagev1.EndpointList, Handler: service.JSON(s.List)},
+		{Name: storagev1.EndpointDelete, Handler: service.JSON(s.Delete), Mutating: true},
 		{Name: storagev1.EndpointCopy, Handler: service.JSON(s.copy), Mutating: true},
 		{Name: storagev1.EndpointVerify, Handler: service.JSON(s.verify)},
-		{Name: storagev1.EndpointJobStatus, Handler: service.JSON(s.jobStatus)},
-		{Name: storagev1.EndpointJobCancel, Handler: service.JSON(s.jobCancel), Mutating: true},
-		{Name: storagev1.EndpointJobList, Handler: service.JSON(s.jobList)},
+		{Name: storagev1.EndpointJobStatus, Handler: service.JSON(s.JobStatus)},
+		{Name: storagev1.EndpointJobCancel, Handler: service.JSON(s.JobCancel), Mutating: true},
+		{Name: storagev1.EndpointJobList, Handler: service.JSON(s.JobList)},
 	}
 }
 
@@ -228,7 +228,8 @@ func validateInbox(subject string) error {
 	return nil
 }
 
-func (s *Server) stat(ctx context.Context, req storagev1.KeyRequest) (storagev1.Object, error) {
+// Stat returns an object's recorded info (also served on admin HTTP).
+func (s *Server) Stat(ctx context.Context, req storagev1.KeyRequest) (storagev1.Object, error) {
 	if err := ids.ValidateKey(req.Key); err != nil {
 		return storagev1.Object{}, err
 	}
@@ -239,7 +240,8 @@ func (s *Server) stat(ctx context.Context, req storagev1.KeyRequest) (storagev1.
 	return toObject(info), nil
 }
 
-func (s *Server) list(ctx context.Context, req storagev1.ListRequest) (storagev1.ListReply, error) {
+// List returns one page of objects (also served on admin HTTP).
+func (s *Server) List(ctx context.Context, req storagev1.ListRequest) (storagev1.ListReply, error) {
 	if err := ids.ValidatePrefix(req.Prefix); err != nil {
 		return storagev1.ListReply{}, err
 	}
@@ -268,7 +270,8 @@ func (s *Server) list(ctx context.Context, req storagev1.ListRequest) (storagev1
 	return out, nil
 }
 
-func (s *Server) delete(ctx context.Context, req storagev1.KeyRequest) (storagev1.DeleteReply, error) {
+// Delete removes an object (also served on admin HTTP, behind the admin token).
+func (s *Server) Delete(ctx context.Context, req storagev1.KeyRequest) (storagev1.DeleteReply, error) {
 	if err := ids.ValidateKey(req.Key); err != nil {
 		return storagev1.DeleteReply{}, err
 	}
@@ -317,21 +320,24 @@ func (s *Server) verify(ctx context.Context, req storagev1.VerifyRequest) (jobs.
 	return s.jobs.Submit(ctx, storagev1.JobVerify, req, req.JobID)
 }
 
-func (s *Server) jobStatus(ctx context.Context, req storagev1.JobRequest) (jobs.Job, error) {
+// JobStatus returns a job's record.
+func (s *Server) JobStatus(ctx context.Context, req storagev1.JobRequest) (jobs.Job, error) {
 	if err := ids.Validate("job", req.ID); err != nil {
 		return jobs.Job{}, err
 	}
 	return s.jobs.Get(ctx, req.ID)
 }
 
-func (s *Server) jobCancel(ctx context.Context, req storagev1.JobRequest) (jobs.Job, error) {
+// JobCancel asks a job to stop.
+func (s *Server) JobCancel(ctx context.Context, req storagev1.JobRequest) (jobs.Job, error) {
 	if err := ids.Validate("job", req.ID); err != nil {
 		return jobs.Job{}, err
 	}
 	return s.jobs.Cancel(ctx, req.ID)
 }
 
-func (s *Server) jobList(ctx context.Context, _ struct{}) ([]jobs.Job, error) {
+// JobList lists the service's jobs.
+func (s *Server) JobList(ctx context.Context, _ struct{}) ([]jobs.Job, error) {
 	return s.jobs.List(ctx, nil)
 }
 
