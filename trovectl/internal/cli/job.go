@@ -107,14 +107,6 @@ func jobStatus(ctx context.Context, nc *nats.Conn, family, id string) (jobs.Job,
 	return j, err
 }
 
-func isFinal(s jobs.State) bool {
-	switch s {
-	case "succeeded", "failed", "cancelled":
-		return true
-	}
-	return false
-}
-
 func progressText(p jobs.Progress) string {
 	switch {
 	case p.Total > 0 && p.Unit == "bytes":
@@ -142,24 +134,56 @@ func printJob(w io.Writer, j jobs.Job) {
 	_ = tw.Flush()
 }
 
-// watchJob follows a job through its event subject (with a status poll as a safety net for missed events)
-// until it ends, drawing progress; a failed or cancelled job returns its coded error.
-func (g *globals) watchJob(ctx context.Context, nc *nats.Conn, family, id string) error {
+// followJob follows a job through its event subject, with a status poll as a safety net for missed events,
+// calling onUpdate with every newer record until the job ends; it returns the final record.
+func followJob(ctx context.Context, nc *nats.Conn, family, id string, poll time.Duration, onUpdate func(jobs.Job)) (jobs.Job, error) {
 	events := make(chan *nats.Msg, 64)
 	sub, err := nc.ChanSubscribe(jobs.EventSubject(family, id), events)
 	if err != nil {
-		return errs.Wrap(errs.Unavailable, err, "cannot subscribe to the job's events")
+		return jobs.Job{}, errs.Wrap(errs.Unavailable, err, "cannot subscribe to the job's events")
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	var p *progress
-	poll := time.NewTicker(2 * time.Second)
-	defer poll.Stop()
+	tick := time.NewTicker(poll)
+	defer tick.Stop()
 	j, err := jobStatus(ctx, nc, family, id)
 	for {
 		if err != nil {
-			p.finish()
-			return err
+			return j, err
 		}
+		onUpdate(j)
+		if j.State.Final() {
+			return j, nil
+		}
+		select {
+		case <-ctx.Done():
+			return j, errs.New(errs.Cancelled, "stopped watching job %s (it goes on; `trovectl job watch %s` resumes)", id, id)
+		case m := <-events:
+			var ev jobs.Job
+			if json.Unmarshal(m.Data, &ev) == nil && ev.ID == id && ev.Revision > j.Revision {
+				j = ev
+			}
+		case <-tick.C:
+			j, err = jobStatus(ctx, nc, family, id)
+		}
+	}
+}
+
+// jobOutcome is a finished job's error: its own coded error, or cancelled.
+func jobOutcome(j jobs.Job) error {
+	if j.Error != nil {
+		return j.Error
+	}
+	if j.State == jobs.StateCancelled {
+		return errs.New(errs.Cancelled, "job %s was cancelled", j.ID)
+	}
+	return nil
+}
+
+// watchJob follows a job until it ends, drawing byte progress on a terminal, then prints it; a failed or
+// cancelled job returns its coded error.
+func (g *globals) watchJob(ctx context.Context, nc *nats.Conn, family, id string) error {
+	var p *progress
+	j, err := followJob(ctx, nc, family, id, 2*time.Second, func(j jobs.Job) {
 		if p == nil && j.Progress.Unit == "bytes" {
 			p = newProgress(g.stderr, j.Kind+" "+j.ID, j.Progress.Total, isTerminal(os.Stderr))
 		}
@@ -167,64 +191,13 @@ func (g *globals) watchJob(ctx context.Context, nc *nats.Conn, family, id string
 			p.setTotal(j.Progress.Total)
 			p.done.Store(j.Progress.Done)
 		}
-		if isFinal(j.State) {
-			p.finish()
-			if perr := g.print(j, func(w io.Writer) { printJob(w, j) }); perr != nil {
-				return perr
-			}
-			if j.Error != nil {
-				return j.Error
-			}
-			if j.State == "cancelled" {
-				return errs.New(errs.Cancelled, "job %s was cancelled", j.ID)
-			}
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			p.finish()
-			return errs.New(errs.Cancelled, "stopped watching job %s (it goes on; `trovectl job watch %s` resumes)", id, id)
-		case m := <-events:
-			var ev jobs.Job
-			if json.Unmarshal(m.Data, &ev) == nil && ev.ID == id && !ev.Updated.Before(j.Updated) {
-				j = ev
-			}
-		case <-poll.C:
-			rctx, cancel := g.requestCtx(ctx)
-			j, err = jobStatus(rctx, nc, family, id)
-			cancel()
-		}
-	}
-}
-
-// waitJob waits for a storage job to reach a final state and returns its coded error if it did not succeed.
-func waitJob(ctx context.Context, nc *nats.Conn, sc interface {
-	Job(context.Context, string) (jobs.Job, error)
-}, id string) (jobs.Job, error) {
-	events := make(chan *nats.Msg, 64)
-	sub, err := nc.ChanSubscribe(jobs.EventSubject("storage", id), events)
+	})
+	p.finish()
 	if err != nil {
-		return jobs.Job{}, errs.Wrap(errs.Unavailable, err, "subscribing to job events")
+		return err
 	}
-	defer func() { _ = sub.Unsubscribe() }()
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		j, err := sc.Job(ctx, id)
-		if err != nil {
-			return j, err
-		}
-		if isFinal(j.State) {
-			if j.Error != nil {
-				return j, j.Error
-			}
-			return j, nil
-		}
-		select {
-		case <-ctx.Done():
-			return j, errs.From(ctx.Err())
-		case <-events:
-		case <-tick.C:
-		}
+	if err := g.print(j, func(w io.Writer) { printJob(w, j) }); err != nil {
+		return err
 	}
+	return jobOutcome(j)
 }

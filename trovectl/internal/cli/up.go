@@ -22,6 +22,7 @@ import (
 	"troveng.dev/shared/contract/storagev1"
 	"troveng.dev/shared/embednats"
 	"troveng.dev/shared/errs"
+	"troveng.dev/shared/jobs"
 	"troveng.dev/shared/service"
 	"troveng.dev/shared/storageclient"
 	"troveng.dev/shared/stream"
@@ -177,7 +178,10 @@ func demo(ctx context.Context, nc *nats.Conn, out io.Writer, size int64) error {
 	if err != nil {
 		return err
 	}
-	final, err := waitJob(ctx, nc, sc, job.ID)
+	final, err := followJob(ctx, nc, storage.Family, job.ID, 500*time.Millisecond, func(jobs.Job) {})
+	if err == nil {
+		err = jobOutcome(final)
+	}
 	if err != nil {
 		return err
 	}
