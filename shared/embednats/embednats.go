@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
+
+	"troveng.dev/shared/natsauth"
 )
 
 // Options configure an embedded server.
@@ -18,6 +21,10 @@ type Options struct {
 	HTTPPort int
 	// MaxPayload overrides the maximum message size (default 1 MiB, NATS's own default).
 	MaxPayload int32
+	// Users, when given, turns authentication on: only these NKey users may connect, each limited to its
+	// permissions, and a connection without a valid identity is refused. Without Users anyone on Host may
+	// connect and do anything (tests, and a loopback-only stack).
+	Users []natsauth.User
 }
 
 // Start starts a server and waits until it accepts connections.
@@ -42,6 +49,15 @@ func Start(o Options) (*server.Server, error) {
 		NoSigs:     true,
 		NoLog:      true,
 		MaxPayload: o.MaxPayload,
+	}
+	for _, u := range o.Users {
+		if !nkeys.IsValidPublicUserKey(u.PublicKey) {
+			return nil, fmt.Errorf("embednats: user %q: %q is not an NKey user public key", u.Name, u.PublicKey)
+		}
+		if err := u.Permissions.Validate(); err != nil {
+			return nil, fmt.Errorf("embednats: user %q: %w", u.Name, err)
+		}
+		opts.Nkeys = append(opts.Nkeys, &server.NkeyUser{Nkey: u.PublicKey, Permissions: u.Permissions.Server()})
 	}
 	if o.HTTPPort > 0 {
 		opts.HTTPHost = host

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"troveng.dev/shared/errs"
+	"troveng.dev/shared/natsauth"
 )
 
 // Config is what a standalone service binary needs to run: how to reach NATS, where to serve admin HTTP,
@@ -19,6 +20,7 @@ import (
 type Config struct {
 	NatsURL   string
 	CredsFile string // NATS credentials (JWT + seed) of this service
+	NKeyFile  string // or: NATS NKey seed file of this service (a server configured with NKey users)
 	TLSCert   string // client certificate (with TLSKey) for mutual TLS
 	TLSKey    string
 	TLSCA     string // CA bundle to verify the NATS server
@@ -35,6 +37,7 @@ type Config struct {
 const (
 	EnvNatsURL        = "TROVE_NATS_URL"
 	EnvNatsCreds      = "TROVE_NATS_CREDS"
+	EnvNatsNKey       = "TROVE_NATS_NKEY"
 	EnvNatsTLSCert    = "TROVE_NATS_TLS_CERT"
 	EnvNatsTLSKey     = "TROVE_NATS_TLS_KEY"
 	EnvNatsTLSCA      = "TROVE_NATS_TLS_CA"
@@ -61,6 +64,7 @@ func envOr(name, def string) string {
 func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.NatsURL, "nats-url", envOr(EnvNatsURL, nats.DefaultURL), "NATS server URL(s), comma separated (env "+EnvNatsURL+")")
 	fs.StringVar(&c.CredsFile, "nats-creds", envOr(EnvNatsCreds, ""), "NATS credentials file (env "+EnvNatsCreds+")")
+	fs.StringVar(&c.NKeyFile, "nats-nkey", envOr(EnvNatsNKey, ""), "NATS NKey seed file, instead of a credentials file (env "+EnvNatsNKey+")")
 	fs.StringVar(&c.TLSCert, "nats-tls-cert", envOr(EnvNatsTLSCert, ""), "client certificate for NATS mutual TLS (env "+EnvNatsTLSCert+")")
 	fs.StringVar(&c.TLSKey, "nats-tls-key", envOr(EnvNatsTLSKey, ""), "client key for NATS mutual TLS (env "+EnvNatsTLSKey+")")
 	fs.StringVar(&c.TLSCA, "nats-tls-ca", envOr(EnvNatsTLSCA, ""), "CA bundle that signed the NATS server's certificate (env "+EnvNatsTLSCA+")")
@@ -90,6 +94,9 @@ func (c *Config) Load() error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errs.BadRequestf("NATS TLS needs both a client certificate and its key (-nats-tls-cert and -nats-tls-key)")
 	}
+	if c.CredsFile != "" && c.NKeyFile != "" {
+		return errs.BadRequestf("give either a NATS credentials file or an NKey seed file (-nats-creds or -nats-nkey), not both")
+	}
 	return nil
 }
 
@@ -114,7 +121,7 @@ func (c Config) String() string {
 		}
 		return "set"
 	}
-	return "nats=" + c.NatsURL + " creds=" + c.CredsFile + " tls_cert=" + c.TLSCert + " tls_ca=" + c.TLSCA +
+	return "nats=" + c.NatsURL + " creds=" + c.CredsFile + " nkey=" + c.NKeyFile + " tls_cert=" + c.TLSCert + " tls_ca=" + c.TLSCA +
 		" admin=" + c.AdminAddr + " admin_token=" + set(c.AdminToken) + " otlp=" + c.OTLPEndpoint + " log=" + c.LogLevel
 }
 
@@ -126,7 +133,7 @@ func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }
 // events are logged.
 func Connect(ctx context.Context, c Config, name string) (*nats.Conn, error) {
 	for _, f := range []struct{ what, path string }{
-		{"NATS credentials file", c.CredsFile}, {"NATS TLS certificate", c.TLSCert},
+		{"NATS credentials file", c.CredsFile}, {"NATS NKey seed file", c.NKeyFile}, {"NATS TLS certificate", c.TLSCert},
 		{"NATS TLS key", c.TLSKey}, {"NATS TLS CA bundle", c.TLSCA},
 	} {
 		if f.path == "" {
@@ -138,6 +145,9 @@ func Connect(ctx context.Context, c Config, name string) (*nats.Conn, error) {
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return nil, errs.BadRequestf("NATS TLS needs both a client certificate and its key")
+	}
+	if c.CredsFile != "" && c.NKeyFile != "" {
+		return nil, errs.BadRequestf("give either a NATS credentials file or an NKey seed file, not both")
 	}
 	log := slog.Default().With("nats_name", name)
 	opts := []nats.Option{
@@ -163,6 +173,14 @@ func Connect(ctx context.Context, c Config, name string) (*nats.Conn, error) {
 	if c.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(c.CredsFile))
 	}
+	if c.NKeyFile != "" {
+		// Read and checked now, so a wrong file is a bad request at once rather than a refused connect.
+		id, err := natsauth.SeedOption(c.NKeyFile)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, id)
+	}
 	if c.TLSCert != "" {
 		opts = append(opts, nats.ClientCert(c.TLSCert, c.TLSKey))
 	}
@@ -180,6 +198,9 @@ func Connect(ctx context.Context, c Config, name string) (*nats.Conn, error) {
 		if err == nil {
 			log.Info("NATS connected", "server", nc.ConnectedUrlRedacted())
 			return nc, nil
+		}
+		if natsauth.IsAuthError(err) {
+			return nil, errs.Wrap(errs.Unauthorized, err, "NATS refused %s's identity (check -nats-nkey or -nats-creds, and the server's users)", name)
 		}
 		if !retryable(err) {
 			return nil, errs.Wrap(errs.Unavailable, err, "connect to NATS")

@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"troveng.dev/shared/embednats"
 	"troveng.dev/shared/errs"
+	"troveng.dev/shared/natsauth"
 	"troveng.dev/shared/natstest"
 	"troveng.dev/shared/service"
 )
@@ -24,6 +26,7 @@ func TestConfigEnvFallbacks(t *testing.T) {
 	}
 	t.Setenv("TROVE_NATS_URL", "nats://n1:4222,nats://n2:4222")
 	t.Setenv("TROVE_NATS_CREDS", "/etc/trove/storage.creds")
+	t.Setenv("TROVE_NATS_NKEY", "")
 	t.Setenv("TROVE_NATS_TLS_CERT", "/c.pem")
 	t.Setenv("TROVE_NATS_TLS_KEY", "/k.pem")
 	t.Setenv("TROVE_NATS_TLS_CA", "/ca.pem")
@@ -183,4 +186,80 @@ func TestConnectWaitsForServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	nc.Close()
+}
+
+func TestConfigNKey(t *testing.T) {
+	dir := t.TempDir()
+	seedFile := filepath.Join(dir, "nkeys", "svc.nk")
+	pub, err := natsauth.EnsureSeed(seedFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ := os.ReadFile(seedFile)
+	t.Setenv("TROVE_NATS_NKEY", seedFile)
+	t.Setenv("TROVE_NATS_CREDS", "")
+	var c service.Config
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	c.Bind(fs)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if c.NKeyFile != seedFile {
+		t.Fatalf("env not read: %q", c.NKeyFile)
+	}
+	if err := c.Load(); err != nil {
+		t.Fatal(err)
+	}
+	// The start-up line names the file, never the seed.
+	if !strings.Contains(c.String(), "nkey="+seedFile) || strings.Contains(c.String(), strings.TrimSpace(string(seed))) {
+		t.Fatalf("String() = %s", c.String())
+	}
+	both := c
+	both.CredsFile = "/etc/trove/x.creds"
+	if err := both.Load(); !errs.Is(err, errs.BadRequest) {
+		t.Fatalf("creds and nkey together: %v", err)
+	}
+
+	srv, err := embednats.Start(embednats.Options{StoreDir: filepath.Join(dir, "nats"), Users: []natsauth.User{
+		{Name: "svc", PublicKey: pub, Permissions: natsauth.Permissions{Publish: []string{"_INBOX.>"}, Subscribe: []string{"_INBOX.>"}}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+
+	nc, err := service.Connect(ctx, service.Config{NatsURL: srv.ClientURL(), NKeyFile: seedFile}, "svc")
+	if err != nil {
+		t.Fatalf("connect with the NKey: %v", err)
+	}
+	nc.Close()
+
+	// A missing or broken seed file is a bad request at once, not retried.
+	begin := time.Now()
+	_, err = service.Connect(ctx, service.Config{NatsURL: srv.ClientURL(), NKeyFile: filepath.Join(dir, "nope.nk")}, "svc")
+	if !errs.Is(err, errs.BadRequest) || !strings.Contains(err.Error(), "NATS NKey seed file") || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing seed: %v", err)
+	}
+	broken := filepath.Join(dir, "broken.nk")
+	if err := os.WriteFile(broken, []byte("SUnot-a-seed\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := service.Connect(ctx, service.Config{NatsURL: srv.ClientURL(), NKeyFile: broken}, "svc"); !errs.Is(err, errs.BadRequest) {
+		t.Fatalf("broken seed: %v", err)
+	}
+	if _, err := service.Connect(ctx, service.Config{NatsURL: srv.ClientURL(), NKeyFile: seedFile, CredsFile: seedFile}, "svc"); !errs.Is(err, errs.BadRequest) {
+		t.Fatalf("creds and nkey together: %v", err)
+	}
+	if time.Since(begin) > time.Second {
+		t.Fatal("a bad identity was retried")
+	}
+	// Without an identity the server refuses, and that is not retried either.
+	if _, err := service.Connect(ctx, service.Config{NatsURL: srv.ClientURL()}, "svc"); !errs.Is(err, errs.Unauthorized) {
+		t.Fatalf("no identity: %v", err)
+	}
+	if time.Since(begin) > 2*time.Second {
+		t.Fatal("a refused identity was retried")
+	}
 }

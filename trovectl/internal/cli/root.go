@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"troveng.dev/shared/errs"
+	"troveng.dev/shared/natsauth"
 )
 
 // Exit codes: distinct per error class so scripts can tell "retry later" from "fix your input".
@@ -56,6 +57,7 @@ func exitCode(err error) int {
 type globals struct {
 	natsURL string
 	creds   string
+	nkey    string
 	timeout time.Duration
 	output  string
 	stdout  io.Writer
@@ -91,6 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.natsURL, "nats", envOr("TROVE_NATS_URL", nats.DefaultURL), "NATS server URL (env TROVE_NATS_URL)")
 	pf.StringVar(&g.creds, "creds", os.Getenv("TROVE_NATS_CREDS"), "NATS credentials file (env TROVE_NATS_CREDS)")
+	pf.StringVar(&g.nkey, "nkey", os.Getenv("TROVE_NATS_NKEY"), "NATS NKey seed file (env TROVE_NATS_NKEY; default "+defaultNKey+" when it exists, the key `trovectl up` makes)")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "timeout of each request (transfers and --wait run until done)")
 	pf.StringVarP(&g.output, "output", "o", "text", "output format: text or json")
 	root.AddCommand(upCmd(g), storageCmd(g), jobCmd(g), serviceCmd(g))
@@ -101,13 +104,44 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return exitCode(err)
 }
 
+// defaultNKey is the client identity `trovectl up` writes under its default --data-dir: used when no
+// identity is given, so commands run from the directory `up` ran in just work.
+const defaultNKey = "data/nkeys/cli.nk"
+
+// identity is the connect option of the identity to use: --nkey, --creds (or their env), else the key
+// `up` made in ./data, else none.
+func (g *globals) identity() (nats.Option, error) {
+	switch {
+	case g.nkey != "" && g.creds != "":
+		return nil, errs.BadRequestf("give either --nkey or --creds (TROVE_NATS_NKEY or TROVE_NATS_CREDS), not both")
+	case g.nkey != "":
+		return natsauth.SeedOption(g.nkey)
+	case g.creds != "":
+		if _, err := os.Stat(g.creds); err != nil {
+			return nil, errs.Wrap(errs.BadRequest, err, "NATS credentials file")
+		}
+		return nats.UserCredentials(g.creds), nil
+	}
+	if _, err := os.Stat(defaultNKey); err == nil {
+		return natsauth.SeedOption(defaultNKey)
+	}
+	return nil, nil
+}
+
 // connect opens a NATS connection for a command.
 func (g *globals) connect() (*nats.Conn, error) {
 	opts := []nats.Option{nats.Name("trovectl"), nats.Timeout(5 * time.Second)}
-	if g.creds != "" {
-		opts = append(opts, nats.UserCredentials(g.creds))
+	id, err := g.identity()
+	if err != nil {
+		return nil, err
+	}
+	if id != nil {
+		opts = append(opts, id)
 	}
 	nc, err := nats.Connect(g.natsURL, opts...)
+	if natsauth.IsAuthError(err) {
+		return nil, errs.Wrap(errs.Unauthorized, err, "NATS at %s refused this client's identity (give --nkey with the cli key `trovectl up` printed, or --creds)", g.natsURL)
+	}
 	if err != nil {
 		return nil, errs.Wrap(errs.Unavailable, err, "cannot reach NATS at %s (start the stack with `trovectl up` or set --nats)", g.natsURL)
 	}

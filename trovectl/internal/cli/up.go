@@ -23,6 +23,7 @@ import (
 	"troveng.dev/shared/embednats"
 	"troveng.dev/shared/errs"
 	"troveng.dev/shared/jobs"
+	"troveng.dev/shared/natsauth"
 	"troveng.dev/shared/service"
 	"troveng.dev/shared/storageclient"
 	"troveng.dev/shared/stream"
@@ -48,14 +49,17 @@ func upCmd(g *globals) *cobra.Command {
 		Short: "Run the embedded default stack: in-process NATS with JetStream, every service, fs storage",
 		Long: `up starts, in this one process, a NATS server with JetStream (state under --data-dir/nats), the storage
 service (fs strategy under --data-dir/storage by default) with its job workers and admin HTTP server, and
-prints where everything is. Other trovectl commands reach it with the printed --nats URL. With --demo it
-also stores a generated object, verifies it with a job and reads it back, to show the whole path works.`,
+prints where everything is. NATS admits only the NKey identities kept in --data-dir/nkeys (made on the first
+run, mode 0600): storage.nk for the storage service and cli.nk for trovectl and other clients, each limited
+to its own subjects. Other trovectl commands reach it with the printed --nats URL and TROVE_NATS_NKEY (run
+from the directory up ran in, with the default --data-dir, they find the cli key by themselves). With --demo
+it also stores a generated object, verifies it with a job and reads it back, to show the whole path works.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return g.up(cmd.Context(), o) },
 	}
 	f := c.Flags()
 	f.StringVar(&o.dataDir, "data-dir", "data", "where NATS and fs storage keep their state")
-	f.StringVar(&o.listen, "listen", "127.0.0.1:4222", "NATS client address (loopback by default: the embedded stack has no credentials)")
+	f.StringVar(&o.listen, "listen", "127.0.0.1:4222", "NATS client address (loopback by default; clients need the NKey up makes under --data-dir/nkeys)")
 	f.StringVar(&o.adminAddr, "admin-addr", "127.0.0.1:8080", "storage service admin HTTP address (/healthz, /readyz, /metrics, /v1/info)")
 	f.StringVar(&o.strategy, "strategy", "fs", "storage strategy: "+strings.Join(storage.Strategies(), ", "))
 	f.StringArrayVar(&o.opts, "opt", nil, "storage strategy option key=value (repeatable); fs defaults to root=<data-dir>/storage")
@@ -91,15 +95,20 @@ func (g *globals) up(ctx context.Context, o upOptions) error {
 	if err := os.MkdirAll(filepath.Join(dataDir, "nats"), 0o750); err != nil {
 		return errs.Wrap(errs.BadRequest, err, "creating the data directory")
 	}
+	cfg := storage.Config{Strategy: o.strategy, Options: opts}
+	keys, err := upIdentities(dataDir, cfg)
+	if err != nil {
+		return err
+	}
 
-	srv, err := embednats.Start(embednats.Options{Host: host, Port: port, StoreDir: filepath.Join(dataDir, "nats")})
+	srv, err := embednats.Start(embednats.Options{Host: host, Port: port, StoreDir: filepath.Join(dataDir, "nats"), Users: keys.users})
 	if err != nil {
 		return errs.Wrap(errs.Unavailable, err, "starting the embedded NATS server on %s", o.listen)
 	}
 	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
-	nc, err := nats.Connect(srv.ClientURL(), nats.Name("trove-storage"), nats.MaxReconnects(-1))
+	nc, err := connectAs(srv.ClientURL(), "trove-storage", keys.storage)
 	if err != nil {
-		return errs.Wrap(errs.Unavailable, err, "connecting to the embedded NATS server")
+		return err
 	}
 	defer nc.Close()
 
@@ -108,7 +117,7 @@ func (g *globals) up(ctx context.Context, o upOptions) error {
 		return err
 	}
 	defer func() { _ = tel.Shutdown(context.WithoutCancel(ctx)) }()
-	svc, err := storage.Start(ctx, nc, tel, storage.Config{Strategy: o.strategy, Options: opts})
+	svc, err := storage.Start(ctx, nc, tel, cfg)
 	if err != nil {
 		return err
 	}
@@ -131,9 +140,17 @@ func (g *globals) up(ctx context.Context, o upOptions) error {
 	fmt.Fprintf(out, "  NATS (JetStream)  %s   state in %s\n", srv.ClientURL(), filepath.Join(dataDir, "nats"))
 	fmt.Fprintf(out, "  storage service   trove.storage.v1.*   strategy %s %s\n", o.strategy, describeOpts(opts))
 	fmt.Fprintf(out, "  admin HTTP        http://%s/healthz /readyz /metrics /v1/info\n", adminAddr)
-	fmt.Fprintf(out, "  try               go run ./trovectl --nats %s storage ls\n", srv.ClientURL())
+	fmt.Fprintf(out, "  NATS identities   NKeys in %s (storage.nk: the storage service, cli.nk: clients); no other connection is let in\n", filepath.Dir(keys.cli))
+	fmt.Fprintf(out, "  try               export TROVE_NATS_NKEY=%s\n", keys.cli)
+	fmt.Fprintf(out, "                    go run ./trovectl --nats %s storage ls\n", srv.ClientURL())
 	if o.demo {
-		if err := demo(ctx, nc, out, o.demoSize); err != nil {
+		// The demo is a client like any other: it runs as the cli identity, not as the service.
+		cli, err := connectAs(srv.ClientURL(), "trovectl-demo", keys.cli)
+		if err != nil {
+			return err
+		}
+		defer cli.Close()
+		if err := demo(ctx, cli, out, o.demoSize); err != nil {
 			return err
 		}
 	}
@@ -144,6 +161,45 @@ func (g *globals) up(ctx context.Context, o upOptions) error {
 	<-ctx.Done()
 	slog.Info("stopping the embedded stack")
 	return nil
+}
+
+// upKeys are the seed files of the embedded stack's identities and the users the server admits.
+type upKeys struct {
+	storage, cli string // seed files
+	users        []natsauth.User
+}
+
+// upIdentities makes (on the first run) and reads the NKeys of the storage service and of clients, kept in
+// <dataDir>/nkeys so clients configured with them keep working across restarts.
+func upIdentities(dataDir string, cfg storage.Config) (upKeys, error) {
+	dir := filepath.Join(dataDir, "nkeys")
+	k := upKeys{storage: filepath.Join(dir, "storage.nk"), cli: filepath.Join(dir, "cli.nk")}
+	storagePub, err := natsauth.EnsureSeed(k.storage)
+	if err != nil {
+		return k, err
+	}
+	cliPub, err := natsauth.EnsureSeed(k.cli)
+	if err != nil {
+		return k, err
+	}
+	k.users = []natsauth.User{
+		{Name: "storage", PublicKey: storagePub, Permissions: storage.Permissions(cfg.NATSBucket())},
+		{Name: "cli", PublicKey: cliPub, Permissions: natsauth.ClientPermissions()},
+	}
+	return k, nil
+}
+
+// connectAs connects to the embedded server as the identity whose seed is in seedFile.
+func connectAs(url, name, seedFile string) (*nats.Conn, error) {
+	id, err := natsauth.SeedOption(seedFile)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1), id)
+	if err != nil {
+		return nil, errs.Wrap(errs.Unavailable, err, "connecting to the embedded NATS server as %s", name)
+	}
+	return nc, nil
 }
 
 // describeOpts shows strategy options without values that look secret.
