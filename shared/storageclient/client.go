@@ -21,10 +21,13 @@ import (
 type Client struct {
 	nc     *nats.Conn
 	stream stream.Options
+	direct DirectOptions // always with defaults filled (direct.go)
 }
 
 // New makes a client on nc. opts tune the streams it opens (zero values take the protocol's defaults).
-func New(nc *nats.Conn, opts stream.Options) *Client { return &Client{nc: nc, stream: opts} }
+func New(nc *nats.Conn, opts stream.Options) *Client {
+	return &Client{nc: nc, stream: opts, direct: DirectOptions{}.withDefaults()}
+}
 
 // Put uploads r's bytes under key. It returns once the service has durably stored and recorded the object.
 func (c *Client) Put(ctx context.Context, key string, r io.Reader, meta map[string]string) (storagev1.Object, error) {

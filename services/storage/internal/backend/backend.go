@@ -51,6 +51,50 @@ type Backend interface {
 	Close() error
 }
 
+// DirectUpload is a multipart upload of a new data object that the client fills itself through presigned
+// part URLs. Token names the upload (data object and upload id); the client hands it back unchanged.
+type DirectUpload struct {
+	Key      string
+	Token    string
+	PartSize int64 // every part but the last must have exactly this many bytes
+	MaxParts int32 // highest part number
+}
+
+// PresignedRequest is a presigned HTTP request: a bearer secret that lets whoever holds it do one thing
+// (upload one part, read one object) until Expires. Never log it or put it in an error.
+type PresignedRequest struct {
+	Part    int32               // part number (uploads), 0 for a get
+	Method  string              // PUT or GET
+	URL     string              // the secret
+	Header  map[string][]string // headers the signature covers, to send unchanged (may be empty)
+	Expires time.Time
+}
+
+// CompletedPart is a part the client uploaded: its number and the ETag the object store answered.
+type CompletedPart struct {
+	Number int32
+	ETag   string
+}
+
+// Direct is implemented by strategies whose clients can move bytes straight to and from the object store
+// (presigned multipart uploads and GETs), while the service only orchestrates and verifies.
+type Direct interface {
+	// CreateDirectUpload starts a multipart upload of a new data object for key (nothing becomes visible
+	// until CompleteDirectUpload).
+	CreateDirectUpload(ctx context.Context, key string, meta map[string]string) (DirectUpload, error)
+	// PresignParts returns PUT URLs for the given part numbers (1..MaxParts). A token that does not name
+	// an upload of key is errs.BadRequest.
+	PresignParts(ctx context.Context, key, token string, parts []int32) ([]PresignedRequest, error)
+	// CompleteDirectUpload completes the upload, reads the data object back and checks it has size bytes
+	// with the given SHA-256 (lower-case hex); on mismatch it deletes the data and returns errs.Corrupt.
+	// Only a verified object gets its record (the same as Put writes), replacing any previous one.
+	CompleteDirectUpload(ctx context.Context, key, token string, parts []CompletedPart, size int64, sha256 string) (ObjectInfo, error)
+	// AbortDirectUpload abandons the upload and frees its parts.
+	AbortDirectUpload(ctx context.Context, key, token string) error
+	// PresignGet returns a GET URL of key's current bytes (the client may send Range headers) and its info.
+	PresignGet(ctx context.Context, key string) (PresignedRequest, ObjectInfo, error)
+}
+
 // List limits shared by all strategies.
 const (
 	DefaultListLimit = 1000

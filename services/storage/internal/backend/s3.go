@@ -45,6 +45,7 @@ import (
 //	concurrency   parts in flight per put or get, 1..64 (default 6)
 //	max_attempts  attempts per S3 request, retries included (default 3)
 //	read_timeout  a connection silent this long fails (default 2m)
+//	presign_expiry  lifetime of presigned URLs handed to clients for direct transfers (default 15m, at most 7 days)
 //
 // Layout under <prefix>:
 //
@@ -82,6 +83,8 @@ type S3Config struct {
 	Concurrency  int
 	MaxAttempts  int
 	ReadTimeout  time.Duration
+	// PresignExpiry is the lifetime of the presigned URLs of direct transfers (s3_direct.go).
+	PresignExpiry time.Duration
 }
 
 // S3 limits and defaults.
@@ -93,11 +96,14 @@ const (
 	s3MaxParts           = 10000
 	s3MaxRecord          = 64 << 10
 	s3CleanupTimeout     = 30 * time.Second
+
+	s3DefaultPresignExpiry = 15 * time.Minute
+	s3MaxPresignExpiry     = 7 * 24 * time.Hour
 )
 
 func openS3(ctx context.Context, values map[string]string) (Backend, error) {
 	cfg, err := newConfig("s3", values, "endpoint", "region", "bucket", "prefix", "access_key", "secret_key",
-		"session_token", "path_style", "part_size", "concurrency", "max_attempts", "read_timeout")
+		"session_token", "path_style", "part_size", "concurrency", "max_attempts", "read_timeout", "presign_expiry")
 	if err != nil {
 		return nil, err
 	}
@@ -130,17 +136,22 @@ func openS3(ctx context.Context, values map[string]string) (Backend, error) {
 	if c.ReadTimeout, err = cfg.duration("read_timeout", 2*time.Minute); err != nil {
 		return nil, err
 	}
+	if c.PresignExpiry, err = cfg.duration("presign_expiry", s3DefaultPresignExpiry); err != nil {
+		return nil, err
+	}
 	return NewS3(ctx, c)
 }
 
 type s3Backend struct {
-	client      *s3.Client
-	conns       *s3Conns
-	bucket      string
-	prefix      string
-	partSize    int64
-	concurrency int
-	bufs        chan *[]byte // idle part buffers, at most concurrency kept
+	client        *s3.Client
+	conns         *s3Conns
+	bucket        string
+	prefix        string
+	partSize      int64
+	concurrency   int
+	bufs          chan *[]byte // idle part buffers, at most concurrency kept
+	presign       *s3.PresignClient
+	presignExpiry time.Duration
 }
 
 // NewS3 opens the s3 strategy. It does not contact S3 (Ping does), so a service can start while S3 is down.
@@ -150,6 +161,8 @@ func NewS3(ctx context.Context, c S3Config) (Backend, error) {
 		return nil, err
 	}
 	b := &s3Backend{client: client, conns: conns, bucket: c.Bucket, prefix: c.Prefix, partSize: c.PartSize, concurrency: c.Concurrency}
+	b.presignExpiry = c.PresignExpiry
+	b.presign = s3.NewPresignClient(client, func(o *s3.PresignOptions) { o.Expires = c.PresignExpiry })
 	b.bufs = make(chan *[]byte, c.Concurrency)
 	return b, nil
 }
@@ -187,6 +200,12 @@ func newS3Client(ctx context.Context, c *S3Config) (*s3.Client, *s3Conns, error)
 	}
 	if c.ReadTimeout <= 0 {
 		c.ReadTimeout = 2 * time.Minute
+	}
+	if c.PresignExpiry <= 0 {
+		c.PresignExpiry = s3DefaultPresignExpiry
+	}
+	if c.PresignExpiry > s3MaxPresignExpiry {
+		return nil, nil, errs.BadRequestf("s3 strategy: presign_expiry %s is over the S3 maximum of 7 days", c.PresignExpiry)
 	}
 	conns := &s3Conns{timeout: c.ReadTimeout, dialer: &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}, open: map[*s3Conn]struct{}{}}
 	// A BuildableClient (not a plain http.Client), so the SDK can still apply AWS_CA_BUNDLE and the like.
@@ -354,19 +373,28 @@ func (b *s3Backend) Put(ctx context.Context, key string, r io.Reader, meta map[s
 		b.deleteData(ctx, dataName)
 		return ObjectInfo{}, putError(ctx, key, err)
 	}
+	if err := b.commitRecord(ctx, rec); err != nil {
+		return ObjectInfo{}, putError(ctx, key, err)
+	}
+	return rec.info(), nil
+}
 
+// commitRecord makes the data object rec names visible under rec.Key by writing its record, replacing
+// (and then deleting the data of) any previous one. On failure the new data object is deleted.
+func (b *s3Backend) commitRecord(ctx context.Context, rec *s3Record) error {
+	key, dataName := rec.Key, b.prefix+rec.Data
 	// The record we replace names the data to delete after the switch.
 	// A corrupt old record names no data we could trust: it is simply replaced.
 	old, err := b.readRecord(ctx, key)
 	if err != nil && !errs.Is(err, errs.NotFound) && !errs.Is(err, errs.Corrupt) {
 		b.deleteData(ctx, dataName)
-		return ObjectInfo{}, putError(ctx, key, err)
+		return err
 	}
 	rec.Modified = time.Now().UTC()
 	js, err := json.Marshal(rec)
 	if err != nil {
 		b.deleteData(ctx, dataName)
-		return ObjectInfo{}, errs.Wrap(errs.Internal, err, "put %q: encode record", key)
+		return errs.Wrap(errs.Internal, err, "put %q: encode record", key)
 	}
 	metaName := b.metaName(key)
 	_, err = b.client.PutObject(ctx, &s3.PutObjectInput{
@@ -375,12 +403,12 @@ func (b *s3Backend) Put(ctx context.Context, key string, r io.Reader, meta map[s
 	})
 	if err != nil {
 		b.deleteData(ctx, dataName)
-		return ObjectInfo{}, putError(ctx, key, b.s3Error(err, "put record of", key))
+		return b.s3Error(err, "put record of", key)
 	}
 	if old != nil && old.Data != rec.Data {
 		b.deleteData(ctx, b.prefix+old.Data)
 	}
-	return rec.info(), nil
+	return nil
 }
 
 // deleteData removes a data object that is (or is about to be) named by no record. Best effort: a failure
@@ -725,7 +753,7 @@ func (b *s3Backend) s3Error(err error, op, key string) error {
 			return errs.Wrap(errs.Conflict, err, "%s: this server stores objects as files, so a key and a longer key under it (a and a/b) cannot both exist", what)
 		case "InvalidRange":
 			return errs.Wrap(errs.BadRequest, err, "%s: range not satisfiable", what)
-		case "EntityTooLarge", "EntityTooSmall", "InvalidArgument", "KeyTooLongError", "InvalidRequest":
+		case "EntityTooLarge", "EntityTooSmall", "InvalidArgument", "InvalidPart", "InvalidPartOrder", "KeyTooLongError", "InvalidRequest":
 			return errs.Wrap(errs.BadRequest, err, "%s: refused by the server", what)
 		case "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed":
 			return errs.Wrap(errs.Unavailable, err, "%s", what)

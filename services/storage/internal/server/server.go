@@ -82,6 +82,11 @@ func (s *Server) Endpoints() []service.Endpoint {
 		{Name: storagev1.EndpointJobStatus, Handler: service.JSON(s.JobStatus)},
 		{Name: storagev1.EndpointJobCancel, Handler: service.JSON(s.JobCancel), Mutating: true},
 		{Name: storagev1.EndpointJobList, Handler: service.JSON(s.JobList)},
+		{Name: storagev1.EndpointPutDirect, Handler: service.JSON(s.putDirect), Mutating: true},
+		{Name: storagev1.EndpointPresignParts, Handler: service.JSON(s.presignParts), Mutating: true},
+		{Name: storagev1.EndpointCompleteDirect, Handler: service.JSON(s.completeDirect), Mutating: true},
+		{Name: storagev1.EndpointAbortDirect, Handler: service.JSON(s.abortDirect), Mutating: true},
+		{Name: storagev1.EndpointGetDirect, Handler: service.JSON(s.getDirect)},
 	}
 }
 
