@@ -53,7 +53,7 @@ func parseMeta(kvs []string) (map[string]string, error) {
 
 func storagePutCmd(g *globals) *cobra.Command {
 	var meta []string
-	var showProgress bool
+	var showProgress, viaService bool
 	c := &cobra.Command{
 		Use:   "put KEY [FILE|-]",
 		Short: "Upload a file (or standard input) as an object",
@@ -78,7 +78,11 @@ func storagePutCmd(g *globals) *cobra.Command {
 			}
 			return g.withStorage(func(_ *nats.Conn, sc *storageclient.Client) error {
 				p := newProgress(g.stderr, "put "+args[0], size, showProgress || isTerminal(os.Stderr))
-				obj, err := sc.Put(cmd.Context(), args[0], progressReader{src, p}, m)
+				put := sc.PutDirect // straight to object storage where the strategy allows it, else streamed
+				if viaService {
+					put = sc.Put
+				}
+				obj, err := put(cmd.Context(), args[0], progressReader{src, p}, m)
 				p.finish()
 				if err != nil {
 					return err
@@ -88,13 +92,14 @@ func storagePutCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().StringArrayVar(&meta, "meta", nil, "user metadata key=value (repeatable)")
+	c.Flags().BoolVar(&viaService, "via-service", false, "stream the bytes through the storage service even where direct transfers exist")
 	c.Flags().BoolVar(&showProgress, "progress", false, "draw a progress bar even when stderr is not a terminal")
 	return c
 }
 
 func storageGetCmd(g *globals) *cobra.Command {
 	var offset, length int64
-	var showProgress bool
+	var showProgress, viaService bool
 	c := &cobra.Command{
 		Use:   "get KEY [FILE|-]",
 		Short: "Download an object (or a byte range of it) to a file or standard output",
@@ -119,7 +124,18 @@ func storageGetCmd(g *globals) *cobra.Command {
 					}()
 				}
 				p := newProgress(g.stderr, "get "+args[0], 0, showProgress || (target != "" && isTerminal(os.Stderr)))
-				_, err := sc.Get(cmd.Context(), args[0], offset, length, progressWriter{dst, p}, func(r storagev1.GetReply) { p.setTotal(r.Length) })
+				var err error
+				if viaService {
+					_, err = sc.Get(cmd.Context(), args[0], offset, length, progressWriter{dst, p}, func(r storagev1.GetReply) { p.setTotal(r.Length) })
+				} else {
+					if p != nil {
+						if obj, serr := sc.Stat(cmd.Context(), args[0]); serr == nil {
+							p.setTotal(obj.Size - offset)
+						}
+					}
+					// Straight from object storage where the strategy allows it, else streamed.
+					_, err = sc.GetDirect(cmd.Context(), args[0], offset, length, progressWriter{dst, p})
+				}
 				p.finish()
 				if err != nil {
 					return err
@@ -138,6 +154,7 @@ func storageGetCmd(g *globals) *cobra.Command {
 	}
 	c.Flags().Int64Var(&offset, "offset", 0, "first byte to read")
 	c.Flags().Int64Var(&length, "length", 0, "number of bytes to read (0: to the end)")
+	c.Flags().BoolVar(&viaService, "via-service", false, "stream the bytes through the storage service even where direct transfers exist")
 	c.Flags().BoolVar(&showProgress, "progress", false, "draw a progress bar even when stderr is not a terminal")
 	return c
 }
