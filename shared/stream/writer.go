@@ -146,7 +146,13 @@ func (w *Writer) Write(p []byte) (int, error) {
 
 // Close sends what is buffered and the trailer, then waits for the receiver's final ack: it returns
 // the receiver's result (Receiver.Finish) or its error. Close releases the writer on every path.
-func (w *Writer) Close() (result []byte, tr Trailer, err error) {
+func (w *Writer) Close() (result []byte, tr Trailer, err error) { return w.CloseChecked(nil) }
+
+// CloseChecked is Close with a last word for the sender: check sees the trailer (size and SHA-256 of every
+// byte written) before it is sent, and an error from it ends the stream with that error instead. A sender
+// that knows what the bytes should hash to (storage: the digest recorded at put) verifies them this way
+// without hashing them a second time.
+func (w *Writer) CloseChecked(check func(Trailer) error) (result []byte, tr Trailer, err error) {
 	defer w.release()
 	if err := w.failed(); err != nil {
 		return nil, Trailer{}, err
@@ -162,6 +168,13 @@ func (w *Writer) Close() (result []byte, tr Trailer, err error) {
 			w.buf = nil
 		}
 		tr = Trailer{Size: w.size, SHA256: hex.EncodeToString(w.hash.Sum(nil))}
+		if check != nil {
+			if cerr := check(tr); cerr != nil {
+				e := errs.From(cerr)
+				w.fail(e, true) // the error trailer, in place of the good one
+				return nil, Trailer{}, e
+			}
+		}
 		w.mu.Lock()
 		if w.err != nil {
 			err := w.err
@@ -208,6 +221,11 @@ func (w *Writer) Abort(err error) {
 // and the trailer. If src fails, the trailer carries its error (coded with errs.From) and Send
 // returns it.
 func Send(ctx context.Context, nc *nats.Conn, subject string, src io.Reader, opts Options) (result []byte, tr Trailer, err error) {
+	return SendChecked(ctx, nc, subject, src, opts, nil)
+}
+
+// SendChecked is Send whose trailer is first shown to check (see Writer.CloseChecked).
+func SendChecked(ctx context.Context, nc *nats.Conn, subject string, src io.Reader, opts Options, check func(Trailer) error) (result []byte, tr Trailer, err error) {
 	w, err := Dial(ctx, nc, subject, opts)
 	if err != nil {
 		return nil, Trailer{}, err
@@ -233,7 +251,7 @@ func Send(ctx context.Context, nc *nats.Conn, subject string, src io.Reader, opt
 			return nil, Trailer{}, e
 		}
 	}
-	return w.Close()
+	return w.CloseChecked(check)
 }
 
 // sendChunk waits for credit and publishes one data message.

@@ -193,13 +193,19 @@ func (s *Server) get(ctx context.Context, req storagev1.GetRequest) (storagev1.G
 		defer s.release()
 		defer func() { _ = rc.Close() }()
 		start := time.Now()
-		src := io.Reader(&limitedExact{r: rc, n: n})
+		var check func(stream.Trailer) error
 		if whole {
 			// A whole-object read is checked against the SHA-256 recorded at put: bit rot or tampering in the
-			// backend ends the stream with errs.Corrupt instead of handing out wrong bytes as good.
-			src = newVerifyingReader(src, info.SHA256, req.Key)
+			// backend ends the stream with errs.Corrupt instead of handing out wrong bytes as good. The stream
+			// hashes every byte for its trailer anyway, so the check reuses that digest.
+			check = func(tr stream.Trailer) error {
+				if tr.SHA256 != info.SHA256 {
+					return errs.New(errs.Corrupt, "object %q is corrupt in storage: sha256 %s, recorded %s", req.Key, tr.SHA256, info.SHA256)
+				}
+				return nil
+			}
 		}
-		_, tr, err := stream.Send(ctx, s.nc, req.Stream, src, s.opts.Stream)
+		_, tr, err := stream.SendChecked(ctx, s.nc, req.Stream, &limitedExact{r: rc, n: n}, s.opts.Stream, check)
 		if err != nil {
 			slog.Warn("get failed", "key", req.Key, "error", err)
 			s.metrics.Request(ctx, "storage.get.transfer", errs.CodeOf(err), time.Since(start))
