@@ -199,10 +199,7 @@ func (s *Server) get(ctx context.Context, req storagev1.GetRequest) (storagev1.G
 			// backend ends the stream with errs.Corrupt instead of handing out wrong bytes as good. The stream
 			// hashes every byte for its trailer anyway, so the check reuses that digest.
 			check = func(tr stream.Trailer) error {
-				if tr.SHA256 != info.SHA256 {
-					return errs.New(errs.Corrupt, "object %q is corrupt in storage: sha256 %s, recorded %s", req.Key, tr.SHA256, info.SHA256)
-				}
-				return nil
+				return checkDigest(req.Key, tr.SHA256, info.SHA256)
 			}
 		}
 		_, tr, err := stream.SendChecked(ctx, s.nc, req.Stream, &limitedExact{r: rc, n: n}, s.opts.Stream, check)
@@ -415,11 +412,19 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 	n, err := v.r.Read(p)
 	v.h.Write(p[:n])
 	if err == io.EOF {
-		if got := hex.EncodeToString(v.h.Sum(nil)); got != v.want {
-			return n, errs.New(errs.Corrupt, "object %q is corrupt in storage: sha256 %s, recorded %s", v.key, got, v.want)
+		if cerr := checkDigest(v.key, hex.EncodeToString(v.h.Sum(nil)), v.want); cerr != nil {
+			return n, cerr
 		}
 	}
 	return n, err
+}
+
+// checkDigest compares the SHA-256 of bytes read from the backend with the one recorded at put.
+func checkDigest(key, got, recorded string) error {
+	if got != recorded {
+		return errs.New(errs.Corrupt, "object %q is corrupt in storage: sha256 %s, recorded %s", key, got, recorded)
+	}
+	return nil
 }
 
 // limitedExact reads exactly n bytes: fewer is an error (the backend lost data), not a short success.
