@@ -7,11 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"troveng.dev/shared/natstest"
 )
 
 // TestTakeoverAfterWorkerConnectionDies: runner A's connection is closed abruptly mid-job. This stands in
@@ -22,30 +25,13 @@ func TestTakeoverAfterWorkerConnectionDies(t *testing.T) {
 	t.Parallel()
 	srv := server(t)
 	ncA := srv.Connect()
-	startedA, releaseA := make(chan struct{}), make(chan struct{})
-	a := newRunner(t, ncA, Options{WorkerID: "worker-a"}, map[string]Handler{"copy": blockingHandler(startedA, releaseA, "from A")})
-	released := false
-	t.Cleanup(func() {
-		if !released {
-			close(releaseA)
-		}
-	})
 	ctx := ctxT(t)
-	start(t, a)
-	job, err := a.Submit(ctx, "copy", nil, "copy-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-startedA
-	waitJob(t, a, job.ID, 5*time.Second, "running under A", func(j Job) bool { return j.State == StateRunning && j.Worker == "worker-a" })
+	a, job, releaseA := runningOnA(t, ncA, "copy-1")
 
 	ncA.Close()
 	killed := time.Now()
 
-	b := newRunner(t, srv.Connect(), Options{WorkerID: "worker-b"}, map[string]Handler{
-		"copy": func(ctx context.Context, job Job, report func(Progress)) (any, error) { return "from B", nil },
-	})
-	start(t, b)
+	b := startB(t, srv)
 	j := waitState(t, b, job.ID, StateSucceeded, 2*time.Second+5*time.Second)
 	if took := time.Since(killed); took < time.Second {
 		t.Fatalf("taken over after %s: before the silent worker's AckWait (2s) could have run out", took)
@@ -55,13 +41,41 @@ func TestTakeoverAfterWorkerConnectionDies(t *testing.T) {
 	}
 
 	// A's handler returns its own result now; A cannot record it.
-	released = true
-	close(releaseA)
+	releaseA()
 	a.Stop()
 	after, err := b.Get(ctx, job.ID)
 	if err != nil || after.Revision != j.Revision || resultString(t, after) != "from B" {
 		t.Fatalf("record after A's late outcome: %+v, %v", after, err)
 	}
+}
+
+// runningOnA starts runner A ("worker-a") on nc with a "copy" handler that blocks, submits job id and waits
+// until A runs it. release lets A's handler return "from A"; it is also called when the test ends.
+func runningOnA(t *testing.T, nc *nats.Conn, id string) (a *Runner, job Job, release func()) {
+	t.Helper()
+	started, unblock := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(unblock) }) }
+	t.Cleanup(release)
+	a = newRunner(t, nc, Options{WorkerID: "worker-a"}, map[string]Handler{"copy": blockingHandler(started, unblock, "from A")})
+	start(t, a)
+	job, err := a.Submit(ctxT(t), "copy", nil, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	waitJob(t, a, job.ID, 5*time.Second, "running under A", func(j Job) bool { return j.State == StateRunning && j.Worker == "worker-a" })
+	return a, job, release
+}
+
+// startB starts runner B ("worker-b") on a connection of its own; its "copy" handler returns "from B".
+func startB(t *testing.T, srv *natstest.Server) *Runner {
+	t.Helper()
+	b := newRunner(t, srv.Connect(), Options{WorkerID: "worker-b"}, map[string]Handler{
+		"copy": func(ctx context.Context, job Job, report func(Progress)) (any, error) { return "from B", nil },
+	})
+	start(t, b)
+	return b
 }
 
 // TestTakeoverSurvivesAHealedPartition: A keeps running behind a network partition (its bytes are held,
@@ -76,35 +90,17 @@ func TestTakeoverSurvivesAHealedPartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(ncA.Close)
-	startedA, releaseA := make(chan struct{}), make(chan struct{})
-	a := newRunner(t, ncA, Options{WorkerID: "worker-a"}, map[string]Handler{"copy": blockingHandler(startedA, releaseA, "from A")})
-	released := false
-	t.Cleanup(func() {
-		if !released {
-			close(releaseA)
-		}
-	})
 	ctx := ctxT(t)
-	start(t, a)
-	job, err := a.Submit(ctx, "copy", nil, "copy-2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-startedA
-	waitJob(t, a, job.ID, 5*time.Second, "running under A", func(j Job) bool { return j.State == StateRunning && j.Worker == "worker-a" })
+	a, job, releaseA := runningOnA(t, ncA, "copy-2")
 
 	proxy.setPaused(true)
-	b := newRunner(t, srv.Connect(), Options{WorkerID: "worker-b"}, map[string]Handler{
-		"copy": func(ctx context.Context, job Job, report func(Progress)) (any, error) { return "from B", nil },
-	})
-	start(t, b)
+	b := startB(t, srv)
 	j := waitState(t, b, job.ID, StateSucceeded, 7*time.Second)
 	if j.Attempts != 2 || j.Worker != "worker-b" {
 		t.Fatalf("after takeover: %+v", j)
 	}
 
-	released = true
-	close(releaseA) // A's handler finishes while A is still cut off...
+	releaseA() // A's handler finishes while A is still cut off...
 	time.Sleep(100 * time.Millisecond)
 	proxy.setPaused(false) // ...then the partition heals and A tries to record its outcome.
 	a.Stop()               // returns once A's run has concluded
