@@ -5,11 +5,27 @@ import (
 	"strconv"
 
 	"github.com/labstack/echo/v5"
+	"github.com/nats-io/nats.go"
 
 	"troveng.dev/shared/admin"
 	"troveng.dev/shared/contract/storagev1"
 	"troveng.dev/shared/errs"
+	"troveng.dev/shared/service"
+	"troveng.dev/shared/telemetry"
 )
+
+// Admin builds the service's admin HTTP server (not started): standard probes with the NATS and backend
+// readiness checks, /metrics from tel, /v1/info, and the routes of AdminRoutes. token guards mutating routes.
+func (s *Service) Admin(addr, token string, nc *nats.Conn, tel *telemetry.Telemetry) *admin.Server {
+	adm := admin.New(admin.Config{
+		Addr: addr, Token: token,
+		Service: service.ServiceName(Family), Version: Version, Info: s.Info,
+		Ready:   map[string]admin.Check{"nats": admin.NATSCheck(nc), "backend": s.Ready},
+		Metrics: tel.MetricsHandler(), MeterProvider: tel.MeterProvider(),
+	})
+	s.AdminRoutes(adm)
+	return adm
+}
 
 // AdminRoutes adds the storage service's operator routes to its admin HTTP server: reading objects' records
 // and jobs is open like /metrics; deleting an object or cancelling a job needs the admin bearer token.

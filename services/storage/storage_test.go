@@ -20,7 +20,6 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"troveng.dev/services/storage"
-	"troveng.dev/shared/admin"
 	"troveng.dev/shared/contract/storagev1"
 	"troveng.dev/shared/errs"
 	"troveng.dev/shared/jobs"
@@ -586,9 +585,7 @@ func TestAdminRoutes(t *testing.T) {
 	if _, err := st.client.Put(ctx, "adm/one", strings.NewReader("1"), nil); err != nil {
 		t.Fatal(err)
 	}
-	adm := admin.New(admin.Config{Addr: "127.0.0.1:0", Token: "s3cret-token", Service: "trove-storage", Version: storage.Version,
-		Info: st.svc.Info, Ready: map[string]admin.Check{"backend": st.svc.Ready}, Metrics: st.tel.MetricsHandler()})
-	st.svc.AdminRoutes(adm)
+	adm := st.svc.Admin("127.0.0.1:0", "s3cret-token", st.nc, st.tel)
 	addr, err := adm.Start(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -18,7 +18,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"troveng.dev/services/storage"
-	"troveng.dev/shared/admin"
 	"troveng.dev/shared/contract/storagev1"
 	"troveng.dev/shared/embednats"
 	"troveng.dev/shared/errs"
@@ -122,13 +121,7 @@ func (g *globals) up(ctx context.Context, o upOptions) error {
 		return err
 	}
 	defer func() { _ = svc.Stop() }()
-	adm := admin.New(admin.Config{
-		Addr: o.adminAddr, Token: os.Getenv(service.EnvAdminToken),
-		Service: service.ServiceName(storage.Family), Version: storage.Version, Info: svc.Info,
-		Ready:   map[string]admin.Check{"nats": admin.NATSCheck(nc), "backend": svc.Ready},
-		Metrics: tel.MetricsHandler(), MeterProvider: tel.MeterProvider(),
-	})
-	svc.AdminRoutes(adm)
+	adm := svc.Admin(o.adminAddr, os.Getenv(service.EnvAdminToken), nc, tel)
 	adminAddr, err := adm.Start(ctx)
 	if err != nil {
 		return errs.Wrap(errs.Unavailable, err, "starting admin HTTP on %s", o.adminAddr)

@@ -79,14 +79,7 @@ func run() error {
 	}
 	var adm *admin.Server
 	if cfg.AdminAddr != "" {
-		adm = admin.New(admin.Config{
-			Addr: cfg.AdminAddr, Token: cfg.AdminToken,
-			Service: service.ServiceName(storage.Family), Version: storage.Version,
-			Info:    svc.Info,
-			Ready:   map[string]admin.Check{"nats": admin.NATSCheck(nc), "backend": svc.Ready},
-			Metrics: tel.MetricsHandler(), MeterProvider: tel.MeterProvider(),
-		})
-		svc.AdminRoutes(adm)
+		adm = svc.Admin(cfg.AdminAddr, cfg.AdminToken, nc, tel)
 		addr, err := adm.Start(ctx)
 		if err != nil {
 			return err
