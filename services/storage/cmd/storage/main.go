@@ -13,10 +13,10 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
-	"strconv"
 	"strings"
 
 	"troveng.dev/services/storage"
+	"troveng.dev/services/storage/internal/backend"
 	"troveng.dev/shared/admin"
 	"troveng.dev/shared/service"
 	"troveng.dev/shared/telemetry"
@@ -110,30 +110,10 @@ func applyMemoryLimit(v string) error {
 	if os.Getenv("GOMEMLIMIT") != "" || v == "0" {
 		return nil
 	}
-	n, err := parseBytes(v)
-	if err != nil {
-		return fmt.Errorf("-memory-limit %q: %w", v, err)
+	n, err := backend.ParseSize(v)
+	if err != nil || n == 0 {
+		return fmt.Errorf("-memory-limit %q is not a positive size (use e.g. 100MiB)", v)
 	}
 	debug.SetMemoryLimit(n)
 	return nil
-}
-
-// parseBytes reads sizes such as 100MiB, 1GiB, 512KiB or a plain number of bytes.
-func parseBytes(v string) (int64, error) {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
-	mult := int64(1)
-	for _, u := range units {
-		if strings.HasSuffix(v, u.suffix) {
-			v, mult = strings.TrimSuffix(v, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("not a positive size (use e.g. 100MiB)")
-	}
-	return n * mult, nil
 }

@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -138,13 +139,22 @@ func (c *config) integer(key string, def, min, max int64) (int64, error) {
 	return n, nil
 }
 
-// bytes reads a size: an integer number of bytes with an optional suffix KiB, MiB, GiB (or K, M, G, also
-// meaning powers of 1024).
+// bytes reads a size (see ParseSize) between min and max.
 func (c *config) bytes(key string, def, min, max int64) (int64, error) {
 	v, ok := c.values[key]
 	if !ok || v == "" {
 		return def, nil
 	}
+	n, err := ParseSize(v)
+	if err != nil || n < min || n > max {
+		return 0, errs.BadRequestf("%s strategy: %s=%q must be a size from %d to %d bytes (suffixes KiB, MiB, GiB allowed)", c.strategy, key, v, min, max)
+	}
+	return n, nil
+}
+
+// ParseSize reads a size: a non-negative integer number of bytes with an optional suffix KiB, MiB, GiB (or K,
+// M, G, also meaning powers of 1024).
+func ParseSize(v string) (int64, error) {
 	num, mult := strings.TrimSpace(v), int64(1)
 	for _, s := range []struct {
 		suffix string
@@ -156,8 +166,8 @@ func (c *config) bytes(key string, def, min, max int64) (int64, error) {
 		}
 	}
 	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n < 0 || n > max/mult || n*mult < min {
-		return 0, errs.BadRequestf("%s strategy: %s=%q must be a size from %d to %d bytes (suffixes KiB, MiB, GiB allowed)", c.strategy, key, v, min, max)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, errs.BadRequestf("%q is not a size (a number of bytes, suffixes KiB, MiB, GiB allowed)", v)
 	}
 	return n * mult, nil
 }
