@@ -164,7 +164,7 @@ func (c *Client) RunToWriter(ctx context.Context, req guestv1.ExecRequest, stdin
 	r, err := c.follow(ctx, st, stdin)
 	if err != nil {
 		cancel()
-		<-copyErr
+		<-copyErr //nolint:errcheck // waits for the copier; its error is secondary to the exec error returned
 		return r, err
 	}
 	if cerr := <-copyErr; cerr != nil && r.Error == nil {
