@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Builds the guest image localhost/trove-guest:dev from deploy/images/guest, only when its inputs changed.
 # Runs scripts/setup-containers.sh first (Podman + base image here; nothing with a real Docker engine).
-# With --check it then starts one guest per engine and checks that each engine answers.
+# With --check it then starts one guest per engine (shared/testkit/cmd/guestcheck: NATS, the guest, its
+# registration) and waits until each agent is registered with its engine healthy.
 #
-# The image carries the label trove.guest.input-hash: a SHA-256 over the name and content of every file in
-# the build context (Containerfile, entrypoint, ...) and the base image's name. An image whose label
-# matches is current, and the build is skipped. TROVE_GUEST_REBUILD=1 forces a build.
+# The agent binary is built first (CGO_ENABLED=0, static) into deploy/images/guest/.build/ (ignored by
+# git), which the Containerfile copies in its last layer.
+#
+# The image carries the label trove.guest.input-hash: a SHA-256 over the base image's name, the name and
+# content of every file in the build context (Containerfile, ...; not .build/) and of the agent's inputs
+# (the Go files of this repository's packages it is built from, and go.mod/go.sum). An image whose label
+# matches is current, and both builds are skipped. TROVE_GUEST_REBUILD=1 forces a build.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,13 +42,26 @@ if [ "$engine" = docker ] && ! docker image inspect "$LOCAL_BASE" >/dev/null 2>&
 	base=docker.io/library/debian:bookworm
 fi
 
+# What the image is made of. Paths are relative to the repository so that the hash does not depend on
+# where the clone lives. The agent's inputs are the Go files of every package of this repository that the
+# binary is built from (`go list -deps`, as CGO_ENABLED=0 selects them) and the modules' go.mod/go.sum, so a
+# change anywhere else in shared/ does not rebuild the image.
+agent_inputs() {
+	GOWORK=off CGO_ENABLED=0 go -C "$ROOT/agent" list -deps -f \
+		'{{with .Module}}{{if or (eq .Path "troveng.dev/agent") (eq .Path "troveng.dev/shared")}}{{range $.GoFiles}}{{$.Dir}}/{{.}}{{"\n"}}{{end}}{{range $.EmbedFiles}}{{$.Dir}}/{{.}}{{"\n"}}{{end}}{{end}}{{end}}' \
+		./cmd/trove-agent
+	printf '%s\n' "$ROOT"/agent/go.mod "$ROOT"/agent/go.sum "$ROOT"/shared/go.mod "$ROOT"/shared/go.sum
+}
+inputs=$(agent_inputs) || die "go list of the agent's packages failed (output above)"
 hash=$(
-	cd "$CONTEXT"
+	cd "$ROOT"
 	{
 		echo "base $base"
-		find . -type f -print0 | LC_ALL=C sort -z | while IFS= read -r -d '' f; do
-			printf 'file %s %s\n' "$f" "$(sha256sum <"$f" | cut -d' ' -f1)"
-		done
+		{
+			find deploy/images/guest -path deploy/images/guest/.build -prune -o -type f -print
+			sed "s|^$ROOT/||" <<<"$inputs"
+		} | while IFS= read -r f; do [ ! -f "$f" ] || echo "$f"; done | LC_ALL=C sort -u |
+			while IFS= read -r f; do printf 'file %s %s\n' "$f" "$(sha256sum <"$f" | cut -d' ' -f1)"; done
 	} | sha256sum | cut -d' ' -f1
 )
 
@@ -53,6 +71,13 @@ if [ "$current" = "$hash" ] && [ "${TROVE_GUEST_REBUILD:-0}" != 1 ]; then
 else
 	say "building $IMAGE with $engine from $base (input hash ${hash:0:12}${current:+, was ${current:0:12}})"
 	start=$(date +%s)
+	# The agent: static, so it runs on any base; -trimpath keeps build paths out of the binary. GOWORK=off
+	# builds it from agent/go.mod alone, as its tests do.
+	mkdir -p "$CONTEXT/.build"
+	GOWORK=off CGO_ENABLED=0 go -C "$ROOT/agent" build -trimpath -buildvcs=false -ldflags='-s -w' \
+		-o "$CONTEXT/.build/trove-agent.tmp" ./cmd/trove-agent
+	mv "$CONTEXT/.build/trove-agent.tmp" "$CONTEXT/.build/trove-agent"
+	say "agent built in $(($(date +%s) - start))s ($(du -h "$CONTEXT/.build/trove-agent" | cut -f1))"
 	args=(build --build-arg "BASE_IMAGE=$base" --label "$LABEL=$hash" -t "$IMAGE" -f "$CONTEXT/Containerfile")
 	# Podman: never pull (there is no registry); docker format keeps metadata as Docker's would be.
 	[ "$engine" = podman ] && args+=(--pull=never --format docker)
@@ -63,32 +88,7 @@ else
 	$engine image prune -f --filter "label=$LABEL" >/dev/null 2>&1 || true
 fi
 
-# --check: start one guest per engine, wait until it answers, run the engine's own query inside it,
-# report the time from `run` to answering, and remove the guest.
+# --check: one guest per engine against an in-process NATS (the test kit), until each agent is registered
+# and its engine healthy; prints the time from start to healthy and the engine's version.
 [ "${1:-}" = --check ] || exit 0
-running=
-trap '[ -z "$running" ] || $engine rm -f "$running" >/dev/null 2>&1' EXIT
-check() { # check ENGINE QUERY-COMMAND...
-	local e=$1 name t0 ready=
-	shift
-	name=trove-guest-check-$e-$$
-	running=$name
-	t0=$(date +%s.%N)
-	$engine run -d --name "$name" -e "TROVE_ENGINE=$e" "$IMAGE" >/dev/null
-	for _ in $(seq 600); do
-		if $engine exec "$name" trove-guest-ready; then ready=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'); break; fi
-		[ "$($engine inspect --format '{{.State.Running}}' "$name")" = true ] || break
-		sleep 0.1
-	done
-	if [ -z "$ready" ]; then
-		$engine logs "$name" 2>&1 | tail -20 >&2
-		$engine rm -f "$name" >/dev/null
-		die "$e guest did not answer within 60s (its log above)"
-	fi
-	say "$e answers ${ready}s after run: $($engine exec "$name" "$@" | head -1 | sed 's/^ *//')"
-	$engine rm -f "$name" >/dev/null
-	running=
-}
-check mariadb mariadb -N -e 'select version()'
-check postgresql runuser -u postgres -- psql -X -A -t -c 'select version()'
-check redis redis-cli ping
+(cd "$ROOT" && TROVE_GUEST_IMAGE=$IMAGE go run ./shared/testkit/cmd/guestcheck mariadb postgresql redis)
