@@ -19,6 +19,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -41,6 +42,11 @@ type Endpoint struct {
 	Name     string // no dots; the subject is trove.<family>.v1.<Name>
 	Handler  Handler
 	Mutating bool // changes state (shown as endpoint metadata "mutating": "true"; used for permissions/docs)
+	// Concurrency > 0 runs the handler in a goroutine of its own, at most Concurrency at once for this
+	// endpoint (further requests wait for a slot, in arrival order): for handlers that wait, such as long
+	// polls. Their context is cancelled by Stop, which waits for them to reply. 0 runs the handler on the
+	// endpoint's subscription, one request at a time.
+	Concurrency int
 }
 
 // Spec describes a family's service.
@@ -50,6 +56,30 @@ type Spec struct {
 	Description string
 	Endpoints   []Endpoint
 	Metadata    map[string]string // e.g. strategy names; shown in $SRV INFO
+	// Group overrides the subject prefix of the endpoints (default Group(Family)): a service whose every
+	// instance has subjects of its own (one guest's "trove.guest.<instance>"). Literal tokens only.
+	Group string
+	// QueueGroup overrides the queue group (default ServiceName(Family)).
+	QueueGroup string
+	// MaxRequestBytes refuses a larger request body with BadRequest before the handler runs (0: only the
+	// NATS server's max payload limits it).
+	MaxRequestBytes int
+}
+
+// group is the subject prefix of the spec's endpoints.
+func (s Spec) group() string {
+	if s.Group != "" {
+		return s.Group
+	}
+	return Group(s.Family)
+}
+
+// queueGroup is the spec's queue group.
+func (s Spec) queueGroup() string {
+	if s.QueueGroup != "" {
+		return s.QueueGroup
+	}
+	return ServiceName(s.Family)
 }
 
 // ServiceName is the micro service name of a family ("trove-<family>"); it is also the queue group.
@@ -61,7 +91,23 @@ func Subject(family, endpoint string) string { return Group(family) + "." + endp
 // Group is the subject prefix of a family's endpoints.
 func Group(family string) string { return "trove." + family + ".v1" }
 
-var tokenRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+var (
+	tokenRe        = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+	subjectTokenRe = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+)
+
+// validSubjectPrefix accepts dot-separated literal tokens of letters, digits, '-' and '_'.
+func validSubjectPrefix(s string) bool {
+	if s == "" || len(s) > 200 {
+		return false
+	}
+	for _, tok := range strings.Split(s, ".") {
+		if !subjectTokenRe.MatchString(tok) {
+			return false
+		}
+	}
+	return true
+}
 
 // Service is a running family service.
 type Service struct {
@@ -70,6 +116,11 @@ type Service struct {
 	tracer  trace.Tracer
 	metrics *telemetry.Metrics
 	log     *slog.Logger
+
+	// Concurrent endpoints' goroutines: cancelled and waited for by Stop.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // Start registers the family's endpoints on nc and starts serving. tel and m may be nil (then the global
@@ -84,6 +135,12 @@ func Start(nc *nats.Conn, spec Spec, tel *telemetry.Telemetry, m *telemetry.Metr
 	if len(spec.Endpoints) == 0 {
 		return nil, errs.BadRequestf("service %s has no endpoints", spec.Family)
 	}
+	if spec.Group != "" && !validSubjectPrefix(spec.Group) {
+		return nil, errs.BadRequestf("service %s: group %q must be dot-separated tokens of letters, digits, '-' or '_' (no wildcards)", spec.Family, spec.Group)
+	}
+	if spec.QueueGroup != "" && !validSubjectPrefix(spec.QueueGroup) {
+		return nil, errs.BadRequestf("service %s: queue group %q must be dot-separated tokens of letters, digits, '-' or '_'", spec.Family, spec.QueueGroup)
+	}
 	seen := map[string]bool{}
 	for _, ep := range spec.Endpoints {
 		if !tokenRe.MatchString(ep.Name) {
@@ -96,9 +153,13 @@ func Start(nc *nats.Conn, spec Spec, tel *telemetry.Telemetry, m *telemetry.Metr
 		if ep.Handler == nil {
 			return nil, errs.BadRequestf("service %s: endpoint %q has no handler", spec.Family, ep.Name)
 		}
+		if ep.Concurrency < 0 {
+			return nil, errs.BadRequestf("service %s: endpoint %q has a negative concurrency", spec.Family, ep.Name)
+		}
 	}
 
 	s := &Service{spec: spec, metrics: m, log: slog.Default().With("service", ServiceName(spec.Family))}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if tel != nil {
 		s.tracer = tel.Tracer()
 	} else {
@@ -110,23 +171,25 @@ func Start(nc *nats.Conn, spec Spec, tel *telemetry.Telemetry, m *telemetry.Metr
 		Version:     spec.Version,
 		Description: spec.Description,
 		Metadata:    spec.Metadata,
-		QueueGroup:  ServiceName(spec.Family),
+		QueueGroup:  spec.queueGroup(),
 		ErrorHandler: func(_ micro.Service, e *micro.NATSError) {
 			s.log.Error("nats subscription error", "subject", e.Subject, "error", e.Description)
 		},
 	})
 	if err != nil {
+		s.cancel()
 		if errors.Is(err, micro.ErrConfigValidation) {
 			return nil, errs.Wrap(errs.BadRequest, err, "service %s (version must be SemVer, e.g. 1.2.3)", spec.Family)
 		}
 		return nil, errs.Wrap(errs.Unavailable, err, "start service %s", spec.Family)
 	}
 	s.micro = svc
-	group := svc.AddGroup(Group(spec.Family))
+	group := svc.AddGroup(spec.group())
 	for _, ep := range spec.Endpoints {
 		md := map[string]string{"mutating": strconv.FormatBool(ep.Mutating)}
 		if err := group.AddEndpoint(ep.Name, s.handler(ep), micro.WithEndpointMetadata(md)); err != nil {
 			_ = svc.Stop()
+			s.cancel()
 			return nil, errs.Wrap(errs.Unavailable, err, "service %s: add endpoint %s", spec.Family, ep.Name)
 		}
 	}
@@ -142,12 +205,16 @@ func Start(nc *nats.Conn, spec Spec, tel *telemetry.Telemetry, m *telemetry.Metr
 func (s *Service) Micro() micro.Service { return s.micro }
 
 // Stop stops taking requests: the endpoint subscriptions are drained, so requests already delivered are
-// still answered. Drain the NATS connection afterwards to wait for them. Safe to call twice.
+// still answered. Handlers of concurrent endpoints still running have their context cancelled and are waited
+// for. Drain the NATS connection afterwards to wait for the rest. Safe to call twice.
 func (s *Service) Stop() error {
 	if s == nil || s.micro == nil {
 		return nil
 	}
-	if err := s.micro.Stop(); err != nil {
+	err := s.micro.Stop()
+	s.cancel()
+	s.wg.Wait()
+	if err != nil {
 		return errs.Wrap(errs.Unavailable, err, "stop service %s", s.spec.Family)
 	}
 	return nil
@@ -155,10 +222,33 @@ func (s *Service) Stop() error {
 
 func (s *Service) handler(ep Endpoint) micro.Handler {
 	name := s.spec.Family + "." + ep.Name
-	subject := Subject(s.spec.Family, ep.Name)
+	subject := s.spec.group() + "." + ep.Name
+	serve := s.serve(ep, name, subject)
+	if ep.Concurrency == 0 {
+		return micro.HandlerFunc(func(req micro.Request) { serve(context.Background(), req) })
+	}
+	slots := make(chan struct{}, ep.Concurrency)
 	return micro.HandlerFunc(func(req micro.Request) {
+		select {
+		case slots <- struct{}{}: // waits here, on the subscription, while every slot is taken
+		case <-s.ctx.Done():
+			serve(s.ctx, req) // stopping: answer at once with a cancelled context
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-slots }()
+			serve(s.ctx, req)
+		}()
+	})
+}
+
+// serve answers one request with base as the parent of the handler's context.
+func (s *Service) serve(ep Endpoint, name, subject string) func(base context.Context, req micro.Request) {
+	return func(base context.Context, req micro.Request) {
 		start := time.Now()
-		ctx := telemetry.Extract(context.Background(), nats.Header(req.Headers()))
+		ctx := telemetry.Extract(base, nats.Header(req.Headers()))
 		ctx, span := s.tracer.Start(ctx, name,
 			trace.WithSpanKind(trace.SpanKindServer),
 			trace.WithAttributes(
@@ -169,7 +259,14 @@ func (s *Service) handler(ep Endpoint) micro.Handler {
 			))
 		defer span.End()
 
-		resp, panicked, err := s.invoke(ctx, name, ep.Handler, req)
+		var resp any
+		var panicked bool
+		var err error
+		if limit := s.spec.MaxRequestBytes; limit > 0 && len(req.Data()) > limit {
+			err = errs.BadRequestf("%s: the request is %d bytes; the limit is %d (send large data as a stream)", name, len(req.Data()), limit)
+		} else {
+			resp, panicked, err = s.invoke(ctx, name, ep.Handler, req)
+		}
 		var body []byte
 		if err == nil && resp != nil {
 			if body, err = json.Marshal(resp); err != nil {
@@ -200,7 +297,7 @@ func (s *Service) handler(ep Endpoint) micro.Handler {
 		if s.metrics != nil {
 			s.metrics.Request(ctx, name, code, time.Since(start))
 		}
-	})
+	}
 }
 
 // invoke runs h, turning a panic into an Internal error; the stack goes to the log, not on the wire.
