@@ -206,6 +206,9 @@ type FrameSpec struct {
 	// Key is the 32-byte AES-256-GCM data key for this artifact only. The agent never stores or logs it.
 	// nil leaves frames unencrypted (hashed only).
 	Key []byte `json:"key,omitempty"`
+	// IndexSHA256 (reading only): the frame index's SHA-256 the manifest recorded; the read fails as corrupt
+	// if the stored index differs (frames swapped or replaced as a whole). Empty skips the check.
+	IndexSHA256 string `json:"index_sha256,omitempty"`
 }
 
 // ExecStarted is the reply to exec.
