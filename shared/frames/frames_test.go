@@ -245,3 +245,5 @@ func TestOptionsValidation(t *testing.T) {
 		t.Errorf("key length error %v", err)
 	}
 }
+
+func dumpReader() io.Reader { return datagen.New(1) }

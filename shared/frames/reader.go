@@ -500,7 +500,7 @@ func (r *Reader) next() error {
 // Read returns plaintext in order. The first bad frame ends it with an errs.Corrupt error naming the
 // frame; io.EOF comes only after the final frame, the index and the footer were checked.
 func (r *Reader) Read(p []byte) (int, error) {
-	if len(p) == 0 {
+	if r.err != nil || len(p) == 0 {
 		return 0, r.err
 	}
 	for r.cur == nil || r.pos == len(r.cur.raw) {
@@ -517,6 +517,12 @@ func (r *Reader) Read(p []byte) (int, error) {
 func (r *Reader) WriteTo(w io.Writer) (int64, error) {
 	var total int64
 	for {
+		if r.err != nil {
+			if r.err == io.EOF {
+				return total, nil
+			}
+			return total, r.err
+		}
 		if r.cur != nil && r.pos < len(r.cur.raw) {
 			n, err := w.Write(r.cur.raw[r.pos:])
 			r.pos += n
