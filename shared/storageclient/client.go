@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -157,4 +158,41 @@ func (c *Client) Jobs(ctx context.Context) ([]jobs.Job, error) {
 	var js []jobs.Job
 	err := rpc.Call(ctx, c.nc, storagev1.Subject(storagev1.EndpointJobList), struct{}{}, &js)
 	return js, err
+}
+
+// VerifyNow runs a verify job for key on the storage service and waits for it: the service re-reads every
+// stored byte and checks it against the size and SHA-256 it recorded. wantSHA256, if set, must also be what it
+// recorded (what the writer was told when the object was stored). Any mismatch is errs.Corrupt.
+func (c *Client) VerifyNow(ctx context.Context, key, wantSHA256 string) (storagev1.VerifyResult, error) {
+	job, err := c.Verify(ctx, storagev1.VerifyRequest{Key: key})
+	if err != nil {
+		return storagev1.VerifyResult{}, err
+	}
+	for delay := 50 * time.Millisecond; !job.State.Final(); delay = min(delay*2, time.Second) {
+		select {
+		case <-ctx.Done():
+			return storagev1.VerifyResult{}, errs.Wrap(errs.CodeOf(ctx.Err()), ctx.Err(), "verify %s", key)
+		case <-time.After(delay):
+		}
+		if job, err = c.Job(ctx, job.ID); err != nil {
+			return storagev1.VerifyResult{}, err
+		}
+	}
+	if job.State != jobs.StateSucceeded {
+		if job.Error != nil {
+			return storagev1.VerifyResult{}, job.Error
+		}
+		return storagev1.VerifyResult{}, errs.Internalf("verify of %s ended %s", key, job.State)
+	}
+	var res storagev1.VerifyResult
+	if err := json.Unmarshal(job.Result, &res); err != nil {
+		return res, errs.Wrap(errs.Internal, err, "verify of %s returned an unreadable result", key)
+	}
+	if !res.OK {
+		return res, errs.New(errs.Corrupt, "stored object %s does not match its recorded checksum", key)
+	}
+	if wantSHA256 != "" && res.SHA256 != wantSHA256 {
+		return res, errs.New(errs.Corrupt, "stored object %s has SHA-256 %s, but %s was recorded when it was written", key, res.SHA256, wantSHA256)
+	}
+	return res, nil
 }
