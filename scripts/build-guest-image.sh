@@ -91,4 +91,4 @@ fi
 # --check: one guest per engine against an in-process NATS (the test kit), until each agent is registered
 # and its engine healthy; prints the time from start to healthy and the engine's version.
 [ "${1:-}" = --check ] || exit 0
-(cd "$ROOT" && TROVE_GUEST_IMAGE=$IMAGE go run ./shared/testkit/cmd/guestcheck mariadb postgresql redis)
+TROVE_GUEST_IMAGE=$IMAGE GOWORK=off go -C "$ROOT/shared" run ./testkit/cmd/guestcheck mariadb postgresql redis

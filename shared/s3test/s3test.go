@@ -38,6 +38,7 @@ type Server struct {
 	t    testing.TB
 	bin  string
 	dir  string // the posix root: buckets are its sub-directories
+	host string // the address it listens on
 	port int
 	log  *bytes.Buffer
 
@@ -46,22 +47,29 @@ type Server struct {
 	done chan struct{} // closed when cmd has exited
 }
 
-// Start starts versitygw with a root access/secret key, waits until it answers signed requests, creates
-// the bucket and stops the server when the test ends.
+// Start starts versitygw on loopback with a root access/secret key, waits until it answers signed
+// requests, creates the bucket and stops the server when the test ends.
 func Start(t testing.TB) *Server {
+	t.Helper()
+	return StartOn(t, "127.0.0.1")
+}
+
+// StartOn is Start listening on host, an IP address of this machine (e.g. a container network's gateway,
+// so that containers reach the server).
+func StartOn(t testing.TB, host string) *Server {
 	t.Helper()
 	bin, err := Binary()
 	if err != nil {
 		t.Fatalf("s3test: %v", err)
 	}
-	s := &Server{t: t, bin: bin, dir: filepath.Join(t.TempDir(), "gw")}
+	s := &Server{t: t, bin: bin, dir: filepath.Join(t.TempDir(), "gw"), host: host}
 	if err := os.MkdirAll(s.dir, 0o755); err != nil {
 		t.Fatalf("s3test: %v", err)
 	}
 	t.Cleanup(s.Stop)
 	// A free port found by listening can be taken by someone else before versitygw binds it: try a few.
 	for attempt := 0; ; attempt++ {
-		s.port = freePort(t)
+		s.port = freePort(t, host)
 		err = s.start()
 		if err == nil {
 			break
@@ -76,8 +84,8 @@ func Start(t testing.TB) *Server {
 	return s
 }
 
-// Endpoint is the base URL of the server (http://127.0.0.1:PORT).
-func (s *Server) Endpoint() string { return "http://127.0.0.1:" + strconv.Itoa(s.port) }
+// Endpoint is the base URL of the server (http://HOST:PORT; HOST is 127.0.0.1 unless started with StartOn).
+func (s *Server) Endpoint() string { return "http://" + net.JoinHostPort(s.host, strconv.Itoa(s.port)) }
 
 // Bucket is the bucket created at start.
 func (s *Server) Bucket() string { return bucket }
@@ -127,7 +135,7 @@ func (s *Server) start() error {
 	s.log = new(bytes.Buffer)
 	cmd := exec.Command(s.bin,
 		"--access", accessKey, "--secret", secretKey, "--region", region,
-		"--port", "127.0.0.1:"+strconv.Itoa(s.port), "--quiet",
+		"--port", net.JoinHostPort(s.host, strconv.Itoa(s.port)), "--quiet",
 		"posix", s.dir)
 	cmd.Stdout = s.log
 	cmd.Stderr = s.log
@@ -224,8 +232,8 @@ func signV4(req *http.Request, access, secret, region string, now time.Time) {
 		", SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature="+sig)
 }
 
-func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freePort(t testing.TB, host string) int {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatalf("s3test: find a free port: %v", err)
 	}
