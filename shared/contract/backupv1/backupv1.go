@@ -129,7 +129,7 @@ type IDRequest struct {
 }
 
 // Validate checks the id.
-func (r *IDRequest) Validate() error { return ids.Validate("id", r.ID) }
+func (r *IDRequest) Validate() error { return ids.Validate("backup", r.ID) }
 
 // VerifyRequest checks every frame of a backup (and with Chain, of every backup it depends on) without
 // restoring: sizes, SHA-256 of every frame and of the frame index recorded in the manifest.
