@@ -13,13 +13,13 @@ import (
 // compressor appends the compressed form of src to dst. One per worker: not safe for concurrent use.
 type compressor interface {
 	compress(dst, src []byte) ([]byte, error)
-	close()
 }
 
 // decompressor decodes src into dst[:0] (cap(dst) >= raw) and fails unless exactly raw bytes come out.
 type decompressor interface {
 	decompress(dst, src []byte, raw int) ([]byte, error)
-	close()
+	// reset drops references to the last frame, so a pooled state pins no buffer.
+	reset()
 }
 
 func newCompressor(codec byte, level int) (compressor, error) {
@@ -71,8 +71,9 @@ func newDecompressor(codec byte, frameSize int) (decompressor, error) {
 
 type zstdCompressor struct{ enc *zstd.Encoder }
 
-func (z zstdCompressor) compress(dst, src []byte) ([]byte, error) { return z.enc.EncodeAll(src, dst), nil }
-func (z zstdCompressor) close()                                   { _ = z.enc.Close() }
+func (z zstdCompressor) compress(dst, src []byte) ([]byte, error) {
+	return z.enc.EncodeAll(src, dst), nil
+}
 
 type zstdDecompressor struct{ dec *zstd.Decoder }
 
@@ -86,7 +87,7 @@ func (z zstdDecompressor) decompress(dst, src []byte, raw int) ([]byte, error) {
 	}
 	return out, nil
 }
-func (z zstdDecompressor) close() { z.dec.Close() }
+func (z zstdDecompressor) reset() {} // DecodeAll keeps no reference to its input
 
 // appendWriter is an io.Writer appending to a slice.
 type appendWriter struct{ b []byte }
@@ -111,7 +112,6 @@ func (g *gzipCompressor) compress(dst, src []byte) ([]byte, error) {
 	g.out.b = nil
 	return b, nil
 }
-func (g *gzipCompressor) close() {}
 
 type gzipDecompressor struct {
 	r  *gzip.Reader
@@ -144,7 +144,12 @@ func (g *gzipDecompressor) decompress(dst, src []byte, raw int) ([]byte, error) 
 	}
 	return out, nil
 }
-func (g *gzipDecompressor) close() {}
+func (g *gzipDecompressor) reset() {
+	g.br.Reset(nil) // drop the reference to the last frame before the state is pooled
+	if g.r != nil {
+		_ = g.r.Reset(&g.br)
+	}
+}
 
 type noneCodec struct{}
 
@@ -155,4 +160,4 @@ func (noneCodec) decompress(dst, src []byte, raw int) ([]byte, error) {
 	}
 	return append(dst[:0], src...), nil
 }
-func (noneCodec) close() {}
+func (noneCodec) reset() {}

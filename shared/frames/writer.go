@@ -104,6 +104,7 @@ type Writer struct {
 	order  chan *wjob // to the output goroutine, in frame order
 	free   chan *wjob
 	nJobs  int // jobs allocated, at most cap(free)
+	all    []*wjob
 	closed bool
 
 	abort     chan struct{}
@@ -184,9 +185,9 @@ func NewWriter(dst io.Writer, o Options) (*Writer, error) {
 	// Compressors first, so a failure leaves no goroutine behind.
 	comps := make([]compressor, w.workers)
 	for i := range comps {
-		if comps[i], err = newCompressor(w.h.codec, w.level); err != nil {
+		if comps[i], err = getCompressor(w.h.codec, w.level); err != nil {
 			for _, c := range comps[:i] {
-				c.close()
+				putCompressor(c, w.h.codec, w.level)
 			}
 			return nil, err
 		}
@@ -241,7 +242,9 @@ func (w *Writer) getJob() (*wjob, error) {
 	}
 	if w.nJobs < cap(w.free) {
 		w.nJobs++
-		return &wjob{in: make([]byte, 0, w.frameSize), ready: make(chan struct{}, 1)}, nil
+		j := &wjob{in: getBuf(w.frameSize), ready: make(chan struct{}, 1)}
+		w.all = append(w.all, j)
+		return j, nil
 	}
 	select {
 	case j := <-w.free:
@@ -323,6 +326,12 @@ func (w *Writer) Close() error {
 	close(w.order)
 	<-w.outDone
 	w.wg.Wait()
+	for _, j := range w.all {
+		putBuf(j.in, w.frameSize)
+		putBuf(j.out, w.frameSize)
+		j.in, j.out = nil, nil
+	}
+	w.all, w.cur = nil, nil
 	if err == nil {
 		err = w.failed()
 	}
@@ -350,7 +359,7 @@ func (w *Writer) Summary() Summary {
 
 func (w *Writer) worker(c compressor) {
 	defer w.wg.Done()
-	defer c.close()
+	defer putCompressor(c, w.h.codec, w.level)
 	d := sha256.New()
 	var aadBuf []byte
 	t := time.Now()
@@ -374,8 +383,8 @@ func (w *Writer) worker(c compressor) {
 // seal turns j.in into j.out: frame header, compressed (and sealed) body, digest.
 func (w *Writer) seal(j *wjob, c compressor, d hash.Hash, aadBuf *[]byte, t *time.Time) error {
 	bound := maxStored(w.frameSize)
-	if cap(j.out) < frameHeaderLen+bound+digestLen {
-		j.out = make([]byte, 0, frameHeaderLen+bound+digestLen)
+	if cap(j.out) < recCap(w.frameSize) {
+		j.out = getBuf(recCap(w.frameSize))
 	}
 	out, err := c.compress(j.out[:frameHeaderLen], j.in)
 	if err != nil {
