@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"text/tabwriter"
 	"time"
 
@@ -182,17 +181,7 @@ func jobOutcome(j jobs.Job) error {
 // watchJob follows a job until it ends, drawing byte progress on a terminal, then prints it; a failed or
 // cancelled job returns its coded error.
 func (g *globals) watchJob(ctx context.Context, nc *nats.Conn, family, id string) error {
-	var p *progress
-	j, err := followJob(ctx, nc, family, id, 2*time.Second, func(j jobs.Job) {
-		if p == nil && j.Progress.Unit == "bytes" {
-			p = newProgress(g.stderr, j.Kind+" "+j.ID, j.Progress.Total, isTerminal(os.Stderr))
-		}
-		if p != nil {
-			p.setTotal(j.Progress.Total)
-			p.done.Store(j.Progress.Done)
-		}
-	})
-	p.finish()
+	j, err := g.followWithProgress(ctx, nc, family, id)
 	if err != nil {
 		return err
 	}
