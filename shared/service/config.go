@@ -130,8 +130,9 @@ func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }
 
 // Connect connects to NATS as name with the configured credentials and TLS. It retries until ctx ends while
 // no server answers (a service may start before NATS); once connected it reconnects forever. Connection
-// events are logged.
-func Connect(ctx context.Context, c Config, name string) (*nats.Conn, error) {
+// events are logged. extra options go last (e.g. nats.CustomInboxPrefix for an identity whose permissions
+// allow only its own inboxes).
+func Connect(ctx context.Context, c Config, name string, extra ...nats.Option) (*nats.Conn, error) {
 	for _, f := range []struct{ what, path string }{
 		{"NATS credentials file", c.CredsFile}, {"NATS NKey seed file", c.NKeyFile}, {"NATS TLS certificate", c.TLSCert},
 		{"NATS TLS key", c.TLSKey}, {"NATS TLS CA bundle", c.TLSCA},
@@ -187,6 +188,7 @@ func Connect(ctx context.Context, c Config, name string) (*nats.Conn, error) {
 	if c.TLSCA != "" {
 		opts = append(opts, nats.RootCAs(c.TLSCA))
 	}
+	opts = append(opts, extra...)
 	url := c.NatsURL
 	if url == "" {
 		url = nats.DefaultURL

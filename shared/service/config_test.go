@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"troveng.dev/shared/embednats"
 	"troveng.dev/shared/errs"
 	"troveng.dev/shared/natsauth"
@@ -133,6 +135,15 @@ func TestConnect(t *testing.T) {
 	if !nc.IsConnected() || nc.Opts.Name != "trove-test" || nc.Opts.MaxReconnect != -1 {
 		t.Fatalf("conn: connected=%v name=%q maxReconnect=%d", nc.IsConnected(), nc.Opts.Name, nc.Opts.MaxReconnect)
 	}
+	// Extra options apply (the guest agent's own inbox prefix).
+	nc2, err := service.Connect(ctx, service.Config{NatsURL: srv.URL()}, "trove-test", nats.CustomInboxPrefix("_INBOX.mine"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inbox := nc2.NewInbox(); !strings.HasPrefix(inbox, "_INBOX.mine.") {
+		t.Fatalf("inbox %q ignores the extra option", inbox)
+	}
+	nc2.Close()
 
 	// A missing credentials file is reported at once, naming what is missing.
 	begin := time.Now()
