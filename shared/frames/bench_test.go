@@ -5,7 +5,9 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -17,6 +19,19 @@ const benchSize = 64 << 20
 
 var benchData = sync.OnceValue(func() []byte { return dumpBytes(benchSize, 1) })
 
+// cpuTime is the process's user+system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportCPU adds the CPU seconds spent per GB of raw data since start: a figure other load on the
+// machine disturbs less than MB/s.
+func reportCPU(b *testing.B, start time.Duration, bytes int) {
+	b.ReportMetric((cpuTime()-start).Seconds()/(float64(b.N)*float64(bytes)/1e9), "cpu-s/GB")
+}
+
 // countingWriter discards bytes and counts them.
 type countingWriter struct{ n int64 }
 
@@ -27,6 +42,7 @@ func BenchmarkWrite(b *testing.B) {
 	data := benchData()
 	b.SetBytes(int64(len(data)))
 	var stored int64
+	start := cpuTime()
 	for b.Loop() {
 		var out countingWriter
 		w, err := NewWriter(&out, Options{ArtifactID: "bench", Key: key1})
@@ -43,6 +59,7 @@ func BenchmarkWrite(b *testing.B) {
 		}
 		stored = out.n
 	}
+	reportCPU(b, start, len(data))
 	b.ReportMetric(float64(len(data))/float64(stored), "ratio")
 	b.ReportMetric(float64(runtime.GOMAXPROCS(0)), "workers")
 }
@@ -62,6 +79,7 @@ func BenchmarkRead(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.SetBytes(int64(len(data)))
+	start := cpuTime()
 	for b.Loop() {
 		r, err := NewReader(bytes.NewReader(art.Bytes()), ReadOptions{ArtifactID: "bench", Key: key1})
 		if err != nil {
@@ -73,6 +91,7 @@ func BenchmarkRead(b *testing.B) {
 		}
 		r.Close()
 	}
+	reportCPU(b, start, len(data))
 }
 
 // BenchmarkBaselineZstd is the plain single-goroutine zstd stream (SpeedFastest, no encryption, no
@@ -85,6 +104,7 @@ func BenchmarkBaselineZstd(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	start := cpuTime()
 	for b.Loop() {
 		out.n = 0
 		enc.Reset(&out)
@@ -95,6 +115,7 @@ func BenchmarkBaselineZstd(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	reportCPU(b, start, len(data))
 	b.ReportMetric(float64(len(data))/float64(out.n), "ratio")
 }
 
@@ -115,6 +136,7 @@ func BenchmarkBaselineZstdDecode(b *testing.B) {
 	}
 	defer dec.Close()
 	b.SetBytes(int64(len(data)))
+	start := cpuTime()
 	for b.Loop() {
 		if err := dec.Reset(bytes.NewReader(packed.Bytes())); err != nil {
 			b.Fatal(err)
@@ -123,4 +145,5 @@ func BenchmarkBaselineZstdDecode(b *testing.B) {
 			b.Fatalf("%d %v", n, err)
 		}
 	}
+	reportCPU(b, start, len(data))
 }

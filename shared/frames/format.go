@@ -179,6 +179,9 @@ func (f frameHeader) put(b []byte) {
 
 // parseFrameHeader decodes and bounds a frame header read from the stream, expecting frame number want.
 func parseFrameHeader(b []byte, want uint64, h *fileHeader) (frameHeader, error) {
+	if want >= maxFrames {
+		return frameHeader{}, errs.New(errs.Corrupt, "frame %d: more frames than the format allows (%d)", want, uint64(maxFrames))
+	}
 	if string(b[0:4]) != frameMagic {
 		return frameHeader{}, errs.New(errs.Corrupt, "frame %d: no frame header here (magic %q): frames are missing, out of place or damaged", want, printable(b[0:4]))
 	}
@@ -297,7 +300,8 @@ func validateID(id string) error {
 	}
 	for i := 0; i < len(id); i++ {
 		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '/' || c == '-') {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '/' || c == '-'
+		if !ok {
 			return errs.BadRequestf("artifact id %q has %q at position %d; use letters, digits and . _ / -", printable([]byte(id)), rune(c), i)
 		}
 	}

@@ -82,7 +82,7 @@ func Verify(src io.Reader, o ReadOptions) (Summary, error) {
 	if err != nil {
 		return Summary{}, err
 	}
-	defer r.Close()
+	defer func() { _ = r.Close() }() // Close never fails
 	for {
 		if err := r.next(); err != nil {
 			if err == io.EOF {
