@@ -221,6 +221,29 @@ func ParsePsqlErrors(stderr string) []PsqlError {
 	return out
 }
 
+// RedactOutput makes a tool's stderr fit for an error message: the lines that quote a failed statement
+// (psql's "LINE n: ..." and the caret under it) are dropped and single-quoted literals redacted, so a password
+// in an ALTER ROLE, or a row's data, never reaches a log or an error.
+func RedactOutput(s string) string {
+	lines := strings.Split(s, "\n")
+	out := lines[:0]
+	for _, l := range lines {
+		t := strings.TrimSpace(l)
+		if lineRE.MatchString(t) || strings.Trim(t, "^ ") == "" && strings.Contains(t, "^") {
+			continue
+		}
+		out = append(out, l)
+	}
+	s = RedactLiterals(strings.Join(out, "\n"))
+	// An unmatched quote (a literal cut by a tail, or split over lines) hides everything after it.
+	if i := strings.IndexByte(s, '\''); i >= 0 && strings.Count(s, "'") != 2*strings.Count(s, "'…'") {
+		s = s[:i] + "'…"
+	}
+	return s
+}
+
+var lineRE = regexp.MustCompile(`^(?:.*: )?LINE \d+: `)
+
 var literalRE = regexp.MustCompile(`'(?:[^']|'')*'`)
 
 // RedactLiterals replaces single-quoted SQL literals (where a password, or a row's data, would be) with '…'.
@@ -249,3 +272,21 @@ func clip(s string) string {
 	}
 	return s
 }
+
+// The layout of a pg_dump backup, shared by the backup and restore strategies: one artifact of globals (roles,
+// memberships, tablespaces from pg_dumpall --globals-only) and one custom-format archive per database, whose
+// name the manifest's options hold (database names may hold any character; artifact names are plain).
+const (
+	DumpGlobalsArtifact = "globals"
+	// DumpDatabasesOption is the number of database artifacts.
+	DumpDatabasesOption = "databases"
+)
+
+// DumpDatabaseArtifact is the artifact of the i-th database (1-based): "db-0001".
+func DumpDatabaseArtifact(i int) string { return fmt.Sprintf("db-%04d", i) }
+
+// DumpDatabaseOption is the manifest option holding the name of the database in DumpDatabaseArtifact(i).
+func DumpDatabaseOption(i int) string { return "database." + DumpDatabaseArtifact(i) }
+
+// BasebackupArtifact is the one artifact of a pg_basebackup backup: the data dir as a tar, WAL included.
+const BasebackupArtifact = "base"

@@ -171,3 +171,18 @@ func TestRedactLiterals(t *testing.T) {
 		t.Fatalf("got %s", got)
 	}
 }
+
+func TestRedactOutput(t *testing.T) {
+	in := "psql:<stdin>:20: ERROR:  42601: syntax error at or near \"PASSWORD\"\nLINE 1: ALTER ROLE x PASSWORD 'SCRAM-SHA-256$4096:secret'\n                     ^\npg_restore: error: value 'abc' is bad\n"
+	got := RedactOutput(in)
+	if strings.Contains(got, "SCRAM") || strings.Contains(got, "secret") || strings.Contains(got, "abc") || strings.Contains(got, "LINE") {
+		t.Fatalf("leaked: %q", got)
+	}
+	if !strings.Contains(got, `syntax error at or near "PASSWORD"`) || !strings.Contains(got, "pg_restore: error: value '…' is bad") {
+		t.Fatalf("lost the message: %q", got)
+	}
+	// A literal cut open by a tail.
+	if got := RedactOutput("...ord 'SCRAM-SHA-256$4096:se\nmore 'x'"); strings.Contains(got, "SCRAM") || strings.Contains(got, "se\n") {
+		t.Fatalf("cut literal leaked: %q", got)
+	}
+}
