@@ -51,7 +51,8 @@ func pgServerVersion(ctx context.Context, req Request, extra ...string) (pgServe
 	if err != nil {
 		return pgServer{}, nil, errs.Wrap(errs.CodeOf(err), err, "asking PostgreSQL its version")
 	}
-	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	// One line per query; a query may answer an empty line (no tablespaces), so only the final newline goes.
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 	if len(lines) < 2+len(extra) {
 		return pgServer{}, nil, errs.Internalf("psql answered %d lines to %d queries", len(lines), 2+len(extra))
 	}
