@@ -22,6 +22,7 @@ import (
 	"troveng.dev/shared/errs"
 	"troveng.dev/shared/frames"
 	"troveng.dev/shared/jobs"
+	"troveng.dev/shared/natsauth"
 	"troveng.dev/shared/natstest"
 	"troveng.dev/shared/rpc"
 	"troveng.dev/shared/storageclient"
@@ -42,10 +43,13 @@ type stack struct {
 
 func startStack(t *testing.T) *stack {
 	t.Helper()
-	ns := natstest.Start(t)
-	st := &stack{nc: ns.Connect(), root: t.TempDir()}
+	// Every party connects under its production permission set; any refusal fails the test.
+	ns := natstest.StartAuth(t, map[string]natsauth.Permissions{
+		"storage": storage.Permissions(""), "backup": backup.Permissions(), "cli": natsauth.ClientPermissions(),
+	})
+	st := &stack{nc: ns.ConnectAs("cli"), root: t.TempDir()}
 	ctx := context.Background()
-	ss, err := storage.Start(ctx, ns.Connect(), nil, storage.Config{Strategy: "fs", Options: map[string]string{"root": st.root}, Stream: testStream})
+	ss, err := storage.Start(ctx, ns.ConnectAs("storage"), nil, storage.Config{Strategy: "fs", Options: map[string]string{"root": st.root}, Stream: testStream})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +58,7 @@ func startStack(t *testing.T) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bs, err := backup.Start(ctx, ns.Connect(), nil, backup.Config{Recipients: st.recipient, Stream: testStream, Jobs: jobs.Options{AckWait: 2 * time.Second}})
+	bs, err := backup.Start(ctx, ns.ConnectAs("backup"), nil, backup.Config{Recipients: st.recipient, Stream: testStream, Jobs: jobs.Options{AckWait: 2 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}

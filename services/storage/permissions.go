@@ -16,41 +16,9 @@ import (
 // repeated submit; permissions_test.go exercises those too). The tests fail when the code starts to need a
 // subject the set lacks. docs/operations.md prints the result.
 func Permissions(bucket string) natsauth.Permissions {
-	kvBucket := jobs.BucketName(Family)         // trove_jobs_storage
-	kvStream := "KV_" + kvBucket                // its stream
-	work := jobs.StreamName(Family)             // trove_work_storage
-	workFilter := "trove.work." + Family + ".>" // the work consumer's filter, part of its create subject
 	p := natsauth.Permissions{
-		Publish: []string{
-			// Replies to requests, and stream data and control, go to the peer's inbox.
-			"_INBOX.>",
-			// Job events.
-			"trove." + Family + ".v1.jobs.>",
-			// JetStream account API level: the KV client asks for it before creating a bucket with TTLs.
-			"$JS.API.INFO",
-
-			// Job work queue: create or update the stream and its one durable pull consumer, queue a job,
-			// fetch work, ack / nak / in-progress / term it, and read a queued job's message back when a
-			// repeated submit finds it already waiting.
-			"$JS.API.STREAM.CREATE." + work,
-			"$JS.API.STREAM.UPDATE." + work,
-			"$JS.API.STREAM.MSG.GET." + work,
-			"$JS.API.CONSUMER.CREATE." + work + "." + jobs.ConsumerName + "." + workFilter,
-			"$JS.API.CONSUMER.MSG.NEXT." + work + "." + jobs.ConsumerName,
-			"$JS.ACK." + work + ".>",
-			workFilter,
-
-			// Job records (KV): create or update the bucket, write records (compare-and-set publishes to its
-			// subjects), read them (direct get), and watch them (ordered consumers, created, deleted and
-			// flow-controlled by the client).
-			"$JS.API.STREAM.CREATE." + kvStream,
-			"$JS.API.STREAM.UPDATE." + kvStream,
-			"$KV." + kvBucket + ".>",
-			"$JS.API.DIRECT.GET." + kvStream + ".$KV." + kvBucket + ".>",
-			"$JS.API.CONSUMER.CREATE." + kvStream + ".*.$KV." + kvBucket + ".>",
-			"$JS.API.CONSUMER.DELETE." + kvStream + ".*",
-			"$JS.FC." + kvStream + ".>",
-		},
+		// Replies to requests, and stream data and control, go to the peer's inbox; then the job runner's.
+		Publish: append([]string{"_INBOX.>"}, jobs.RunnerPublish(Family)...),
 		Subscribe: []string{
 			"trove." + Family + ".v1.>", // the endpoints (queue group trove-storage)
 			"$SRV.>",                    // $SRV.PING|INFO|STATS discovery

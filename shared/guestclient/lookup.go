@@ -43,3 +43,14 @@ func Live(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, instance, 
 	}
 	return reg, c, nil
 }
+
+// CallerPublish lists what a service that drives guests publishes to, beyond its inbox: requests to any
+// guest's agent, and reads of the guest registry (stream info to open the bucket, direct gets of records).
+func CallerPublish() []string {
+	stream := "KV_" + guestv1.RegistryBucket
+	return []string{
+		"trove.guest.*.>",
+		"$JS.API.STREAM.INFO." + stream,
+		"$JS.API.DIRECT.GET." + stream + ".$KV." + guestv1.RegistryBucket + ".>",
+	}
+}

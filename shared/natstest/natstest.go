@@ -11,14 +11,16 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"troveng.dev/shared/embednats"
+	"troveng.dev/shared/natsauth"
 )
 
 // Server is an embedded NATS server owned by one test.
 type Server struct {
-	t    testing.TB
-	dir  string
-	port int
-	srv  *server.Server
+	t     testing.TB
+	dir   string
+	port  int
+	srv   *server.Server
+	users []natsauth.User // StartAuth's identities; none: anyone may connect and do anything
 }
 
 // Start starts a server with JetStream stored under t.TempDir(); it is shut down when the test ends.
@@ -32,7 +34,7 @@ func Start(t testing.TB) *Server {
 
 func (s *Server) start() {
 	s.t.Helper()
-	srv, err := embednats.Start(embednats.Options{Port: s.port, StoreDir: s.dir})
+	srv, err := embednats.Start(embednats.Options{Port: s.port, StoreDir: s.dir, Users: s.users})
 	if err != nil {
 		s.t.Fatalf("natstest: %v", err)
 	}

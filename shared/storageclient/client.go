@@ -196,3 +196,7 @@ func (c *Client) VerifyNow(ctx context.Context, key, wantSHA256 string) (storage
 	}
 	return res, nil
 }
+
+// CallerPublish lists what a client of the storage service publishes to, beyond its inbox (stream data
+// and control go to inbox subjects): the service's requests.
+func CallerPublish() []string { return []string{storagev1.Group + ".>"} }
