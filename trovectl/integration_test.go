@@ -19,7 +19,7 @@ func TestIntegrationUpServesUntilInterrupted(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	cmd := exec.Command(bin, "up", "--demo", "--demo-size", "4194304", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0")
+	cmd := exec.Command(bin, "up", "--demo", "--demo-size", "4194304", "--data-dir", t.TempDir(), "--nats-listen", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -54,7 +54,7 @@ func startUp(t *testing.T, dataDir string) (url string, out *lockedBuffer) {
 	out = &lockedBuffer{}
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"up", "--data-dir", dataDir, "--listen", "127.0.0.1:" + strconv.Itoa(port), "--admin-addr", "127.0.0.1:0"}, out, out)
+		done <- run(ctx, []string{"up", "--data-dir", dataDir, "--nats-listen", "127.0.0.1:" + strconv.Itoa(port), "--admin-addr", "127.0.0.1:0"}, out, out)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -159,7 +159,7 @@ func TestUpIdentities(t *testing.T) {
 // TestUpKeepsKeys: a second `up` on the same data dir reuses the keys, so clients keep working.
 func TestUpKeepsKeys(t *testing.T) {
 	dir := t.TempDir()
-	args := []string{"up", "--once", "--data-dir", dir, "--listen", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}
+	args := []string{"up", "--once", "--data-dir", dir, "--nats-listen", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"}
 	if code, out, stderr := runCLI(t, args...); code != 0 {
 		t.Fatalf("first up: %d\n%s\n%s", code, out, stderr)
 	}

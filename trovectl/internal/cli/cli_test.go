@@ -134,7 +134,7 @@ func TestStorageCommands(t *testing.T) {
 func TestUpDemo(t *testing.T) {
 	dir := t.TempDir()
 	code, out, stderr := runCLI(t, "up", "--demo", "--once", "--demo-size", "8388608",
-		"--data-dir", dir, "--listen", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0")
+		"--data-dir", dir, "--nats-listen", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0")
 	if code != 0 {
 		t.Fatalf("up --demo: exit %d\n%s\n%s", code, out, stderr)
 	}

@@ -4,6 +4,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -32,6 +33,10 @@ const (
 )
 
 func exitCode(err error) int {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
 	switch errs.CodeOf(err) {
 	case "":
 		return exitOK
@@ -53,6 +58,15 @@ func exitCode(err error) int {
 	return exitInternal
 }
 
+// exitError ends trovectl with a given exit code: `guest exec` passes on the remote tool's own exit code.
+// msg, when not empty, is printed like any other error.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
 // globals are the flags every command shares.
 type globals struct {
 	natsURL string
@@ -60,6 +74,7 @@ type globals struct {
 	nkey    string
 	timeout time.Duration
 	output  string
+	stdin   io.Reader
 	stdout  io.Writer
 	stderr  io.Writer
 }
@@ -73,13 +88,22 @@ func envOr(key, def string) string {
 
 // Main runs trovectl with args and returns the process exit code.
 func Main(args []string) int {
-	return run(context.Background(), args, os.Stdout, os.Stderr)
+	return runIO(context.Background(), args, os.Stdin, os.Stdout, os.Stderr)
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return runIO(ctx, args, eofReader{}, stdout, stderr)
+}
+
+// eofReader is an empty standard input.
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	g := &globals{stdout: stdout, stderr: stderr}
+	g := &globals{stdin: stdin, stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
 		Use:           "trovectl",
 		Short:         "Operate the Trove-NG database-operations services",
@@ -96,9 +120,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	pf.StringVar(&g.nkey, "nkey", os.Getenv("TROVE_NATS_NKEY"), "NATS NKey seed file (env TROVE_NATS_NKEY; default "+defaultNKey+" when it exists, the key `trovectl up` makes)")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "timeout of each request (transfers and --wait run until done)")
 	pf.StringVarP(&g.output, "output", "o", "text", "output format: text or json")
-	root.AddCommand(upCmd(g), storageCmd(g), jobCmd(g), serviceCmd(g))
+	root.AddCommand(upCmd(g), storageCmd(g), jobCmd(g), serviceCmd(g), guestCmd(g))
 	err := root.ExecuteContext(ctx)
-	if err != nil {
+	if err != nil && err.Error() != "" {
 		fmt.Fprintf(stderr, "trovectl: %v\n", err)
 	}
 	return exitCode(err)

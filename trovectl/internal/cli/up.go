@@ -49,16 +49,22 @@ func upCmd(g *globals) *cobra.Command {
 		Long: `up starts, in this one process, a NATS server with JetStream (state under --data-dir/nats), the storage
 service (fs strategy under --data-dir/storage by default) with its job workers and admin HTTP server, and
 prints where everything is. NATS admits only the NKey identities kept in --data-dir/nkeys (made on the first
-run, mode 0600): storage.nk for the storage service and cli.nk for trovectl and other clients, each limited
-to its own subjects. Other trovectl commands reach it with the printed --nats URL and TROVE_NATS_NKEY (run
-from the directory up ran in, with the default --data-dir, they find the cli key by themselves). With --demo
-it also stores a generated object, verifies it with a job and reads it back, to show the whole path works.`,
+run, mode 0600): storage.nk for the storage service, cli.nk for trovectl and other clients, agent.nk for the
+agents of local guests (` + "`trovectl guest start`" + `), each limited to its own subjects. Other trovectl commands reach
+it with the printed --nats URL and TROVE_NATS_NKEY (run from the directory up ran in, with the default
+--data-dir, they find the cli key by themselves). NATS listens on loopback unless --nats-listen says otherwise;
+guest containers need an address they reach, e.g. --nats-listen 0.0.0.0:4222 (every interface: anyone who can
+reach this host may try to connect, and only the three keys get in) or the container network's gateway
+(10.88.0.1 for podman). With --demo it also stores a generated object, verifies it with a job and reads it
+back, to show the whole path works.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return g.up(cmd.Context(), o) },
 	}
 	f := c.Flags()
 	f.StringVar(&o.dataDir, "data-dir", "data", "where NATS and fs storage keep their state")
-	f.StringVar(&o.listen, "listen", "127.0.0.1:4222", "NATS client address (loopback by default; clients need the NKey up makes under --data-dir/nkeys)")
+	f.StringVar(&o.listen, "nats-listen", "127.0.0.1:4222", "NATS client address HOST:PORT (loopback by default; guest containers need one they reach, e.g. 0.0.0.0:4222 or the container network's gateway; every client needs an NKey up makes under --data-dir/nkeys)")
+	f.StringVar(&o.listen, "listen", "127.0.0.1:4222", "old name of --nats-listen")
+	_ = f.MarkDeprecated("listen", "use --nats-listen")
 	f.StringVar(&o.adminAddr, "admin-addr", "127.0.0.1:8080", "storage service admin HTTP address (/healthz, /readyz, /metrics, /v1/info)")
 	f.StringVar(&o.strategy, "strategy", "fs", "storage strategy: "+strings.Join(storage.Strategies(), ", "))
 	f.StringArrayVar(&o.opts, "opt", nil, "storage strategy option key=value (repeatable); fs defaults to root=<data-dir>/storage")
@@ -71,11 +77,14 @@ it also stores a generated object, verifies it with a job and reads it back, to 
 func (g *globals) up(ctx context.Context, o upOptions) error {
 	host, portStr, err := net.SplitHostPort(o.listen)
 	if err != nil {
-		return errs.BadRequestf("--listen %q is not host:port", o.listen)
+		return errs.BadRequestf("--nats-listen %q is not HOST:PORT", o.listen)
 	}
 	port, err := strconv.Atoi(portStr)
 	if err != nil {
-		return errs.BadRequestf("--listen port %q is not a number", portStr)
+		return errs.BadRequestf("--nats-listen port %q is not a number", portStr)
+	}
+	if host == "" {
+		host = "0.0.0.0" // ":4222" means every address, as net.Listen reads it
 	}
 	dataDir, err := filepath.Abs(o.dataDir)
 	if err != nil {
@@ -105,7 +114,8 @@ func (g *globals) up(ctx context.Context, o upOptions) error {
 		return errs.Wrap(errs.Unavailable, err, "starting the embedded NATS server on %s", o.listen)
 	}
 	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
-	nc, err := connectAs(srv.ClientURL(), "trove-storage", keys.storage)
+	url := localClientURL(srv.ClientURL())
+	nc, err := connectAs(url, "trove-storage", keys.storage)
 	if err != nil {
 		return err
 	}
@@ -130,15 +140,24 @@ func (g *globals) up(ctx context.Context, o upOptions) error {
 
 	out := g.stdout
 	fmt.Fprintf(out, "Trove-NG embedded stack is up\n")
-	fmt.Fprintf(out, "  NATS (JetStream)  %s   state in %s\n", srv.ClientURL(), filepath.Join(dataDir, "nats"))
+	listening := ""
+	if url != srv.ClientURL() {
+		listening = "   listening on " + net.JoinHostPort(host, strconv.Itoa(srvPort(srv.ClientURL(), port)))
+	}
+	fmt.Fprintf(out, "  NATS (JetStream)  %s%s   state in %s\n", url, listening, filepath.Join(dataDir, "nats"))
 	fmt.Fprintf(out, "  storage service   trove.storage.v1.*   strategy %s %s\n", o.strategy, describeOpts(opts))
 	fmt.Fprintf(out, "  admin HTTP        http://%s/healthz /readyz /metrics /v1/info\n", adminAddr)
-	fmt.Fprintf(out, "  NATS identities   NKeys in %s (storage.nk: the storage service, cli.nk: clients); no other connection is let in\n", filepath.Dir(keys.cli))
+	fmt.Fprintf(out, "  NATS identities   NKeys in %s (storage.nk: the storage service, cli.nk: clients, agent.nk: local guests' agents); no other connection is let in\n", filepath.Dir(keys.cli))
+	if isLocalHost(host) && host != "0.0.0.0" && host != "::" {
+		fmt.Fprintf(out, "  guests            containers cannot reach NATS on %s; for `trovectl guest start` run up with --nats-listen 0.0.0.0:%d (or the container network's gateway)\n", host, srvPort(srv.ClientURL(), port))
+	} else {
+		fmt.Fprintf(out, "  guests            go run ./trovectl --nats %s guest start --engine redis\n", url)
+	}
 	fmt.Fprintf(out, "  try               export TROVE_NATS_NKEY=%s\n", keys.cli)
-	fmt.Fprintf(out, "                    go run ./trovectl --nats %s storage ls\n", srv.ClientURL())
+	fmt.Fprintf(out, "                    go run ./trovectl --nats %s storage ls\n", url)
 	if o.demo {
 		// The demo is a client like any other: it runs as the cli identity, not as the service.
-		cli, err := connectAs(srv.ClientURL(), "trovectl-demo", keys.cli)
+		cli, err := connectAs(url, "trovectl-demo", keys.cli)
 		if err != nil {
 			return err
 		}
@@ -158,15 +177,15 @@ func (g *globals) up(ctx context.Context, o upOptions) error {
 
 // upKeys are the seed files of the embedded stack's identities and the users the server admits.
 type upKeys struct {
-	storage, cli string // seed files
-	users        []natsauth.User
+	storage, cli, agent string // seed files
+	users               []natsauth.User
 }
 
-// upIdentities makes (on the first run) and reads the NKeys of the storage service and of clients, kept in
-// <dataDir>/nkeys so clients configured with them keep working across restarts.
+// upIdentities makes (on the first run) and reads the NKeys of the storage service, of clients and of
+// local guests' agents, kept in <dataDir>/nkeys so clients configured with them keep working across restarts.
 func upIdentities(dataDir string, cfg storage.Config) (upKeys, error) {
 	dir := filepath.Join(dataDir, "nkeys")
-	k := upKeys{storage: filepath.Join(dir, "storage.nk"), cli: filepath.Join(dir, "cli.nk")}
+	k := upKeys{storage: filepath.Join(dir, "storage.nk"), cli: filepath.Join(dir, "cli.nk"), agent: filepath.Join(dir, "agent.nk")}
 	storagePub, err := natsauth.EnsureSeed(k.storage)
 	if err != nil {
 		return k, err
@@ -175,11 +194,37 @@ func upIdentities(dataDir string, cfg storage.Config) (upKeys, error) {
 	if err != nil {
 		return k, err
 	}
+	agentPub, err := natsauth.EnsureSeed(k.agent)
+	if err != nil {
+		return k, err
+	}
 	k.users = []natsauth.User{
 		{Name: "storage", PublicKey: storagePub, Permissions: storage.Permissions(cfg.NATSBucket())},
-		{Name: "cli", PublicKey: cliPub, Permissions: natsauth.ClientPermissions()},
+		{Name: "cli", PublicKey: cliPub, Permissions: cliPermissions()},
+		{Name: "agent", PublicKey: agentPub, Permissions: agentPermissions()},
 	}
 	return k, nil
+}
+
+// localClientURL is the URL this process connects to: a server listening on every address is reached
+// on loopback.
+func localClientURL(u string) string {
+	for _, all := range []string{"0.0.0.0", "[::]"} {
+		if strings.Contains(u, "://"+all+":") {
+			return strings.Replace(u, "://"+all+":", "://127.0.0.1:", 1)
+		}
+	}
+	return u
+}
+
+// srvPort is the port in a server's client URL (the one it picked when asked for 0), else def.
+func srvPort(u string, def int) int {
+	if i := strings.LastIndex(u, ":"); i >= 0 {
+		if p, err := strconv.Atoi(u[i+1:]); err == nil {
+			return p
+		}
+	}
+	return def
 }
 
 // connectAs connects to the embedded server as the identity whose seed is in seedFile.
