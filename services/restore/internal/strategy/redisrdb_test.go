@@ -1,0 +1,78 @@
+package strategy
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"troveng.dev/shared/catalog"
+	"troveng.dev/shared/contract/backupv1"
+	"troveng.dev/shared/contract/guestv1"
+	"troveng.dev/shared/engines/redis"
+	"troveng.dev/shared/errs"
+)
+
+func rdbManifest(version, rdb, keys string) *catalog.Manifest {
+	m := pgManifest("redis-rdb", map[string]string{"redis": version}, "rdb")
+	m.Engine = guestv1.EngineRedis
+	m.Options["keys"] = keys
+	if rdb != "" {
+		m.Options["rdb_version"] = rdb
+	}
+	return m
+}
+
+func TestRDBCheck(t *testing.T) {
+	for _, c := range []struct {
+		src, rdb, target, mode string
+		code                   errs.Code
+	}{
+		{"7.0.15", "10", "7.0.15", "", ""},
+		{"7.0.15", "10", "7.0.11", backupv1.ModeNew, ""},
+		{"6.2.14", "9", "7.0.15", "", ""},
+		{"7.2.4", "11", "7.0.15", "", errs.BadRequest},
+		{"7.2.4", "", "7.0.15", "", errs.BadRequest},
+		{"7.0.15", "10", "7.0.15", backupv1.ModeExisting, errs.BadRequest},
+		{"7.0.15", "x", "7.0.15", "", errs.BadRequest},
+		{"7.0.15", "10", "", "", errs.Unavailable},
+	} {
+		err := redisRDBRestore{}.Check(pgRequest(rdbManifest(c.src, c.rdb, "1"), guestv1.EngineRedis, c.target, c.mode, nil))
+		if errs.CodeOf(err) != c.code {
+			t.Errorf("%s (rdb %q) onto %q %q: got %v, want %q", c.src, c.rdb, c.target, c.mode, err, c.code)
+		}
+	}
+	if err := (redisRDBRestore{}).Check(pgRequest(rdbManifest("7.0.15", "10", "1"), guestv1.EnginePostgreSQL, "15.18", "", nil)); !errs.Is(err, errs.BadRequest) {
+		t.Errorf("wrong engine: %v", err)
+	}
+}
+
+// Canned INFO answers: what the key check accepts and refuses.
+func TestRDBCheckKeys(t *testing.T) {
+	m := rdbManifest("7.0.15", "10", "5")
+	info := func(s string) redis.Info { return redis.ParseInfo(s) }
+	if err := redisCheckKeys(m, info("rdb_last_load_keys_loaded:5\nrdb_last_load_keys_expired:0\ndb0:keys=5,expires=0\n")); err != nil {
+		t.Errorf("all loaded: %v", err)
+	}
+	if err := redisCheckKeys(m, info("rdb_last_load_keys_loaded:0\nrdb_last_load_keys_expired:5\n")); err != nil {
+		t.Errorf("all expired since: %v", err)
+	}
+	if err := redisCheckKeys(m, info("rdb_last_load_keys_loaded:0\nrdb_last_load_keys_expired:0\naof_enabled:1\n")); err == nil || !strings.Contains(err.Error(), "appendonly") {
+		t.Errorf("empty with AOF on: %v", err)
+	}
+	if err := redisCheckKeys(m, info("rdb_last_load_keys_loaded:2\ndb0:keys=7,expires=0\n")); err == nil {
+		t.Error("more keys than loaded passed")
+	}
+	if err := redisCheckKeys(rdbManifest("7.0.15", "10", "0"), info("rdb_last_load_keys_loaded:0\n")); err != nil {
+		t.Errorf("empty backup: %v", err)
+	}
+}
+
+func TestRDBRestoreSteps(t *testing.T) {
+	g := &pgFakeGuest{answers: map[string]string{"6379 INFO": "loading:0\r\nrdb_last_load_keys_loaded:5\r\nrdb_last_load_keys_expired:0\r\ndb0:keys=5,expires=1\r\n"}}
+	if err := (redisRDBRestore{}).Restore(context.Background(), pgRequest(rdbManifest("7.0.15", "10", "5"), guestv1.EngineRedis, "7.0.15", "", g)); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(g.calls, ","); got != "stop,extract data/redis,stat data/redis/dump.rdb,start" {
+		t.Fatalf("calls %s", got)
+	}
+}
