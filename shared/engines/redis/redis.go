@@ -185,3 +185,15 @@ func clip(s string) string {
 	}
 	return s
 }
+
+// The layout of a redis-rdb backup, shared by the backup and restore strategies.
+const (
+	// RDBArtifact is a tar holding one file, dump.rdb.
+	RDBArtifact = "rdb"
+	// RDBFile is the file's name in the tar and in the data dir.
+	RDBFile = "dump.rdb"
+	// Manifest options: the RDB format version (when known), the key count INFO reported just before the
+	// snapshot, and the server's version string.
+	RDBVersionOption = "rdb_version"
+	KeysOption       = "keys"
+)
