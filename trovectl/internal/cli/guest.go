@@ -245,7 +245,7 @@ func printGuestShow(w io.Writer, s guestShow) {
 	if r == nil {
 		r = &s.Registration.Registration
 	}
-	fmt.Fprintf(tw, "engine\t%s %s\n", r.Engine, r.EngineVersion)
+	fmt.Fprintf(tw, "engine\t%s %s\n", dash(r.Engine), r.EngineVersion)
 	st := r.Status
 	fmt.Fprintf(tw, "engine state\t%s, healthy %s", dash(st.State), yesNo(st.Healthy))
 	if st.PID != 0 {

@@ -4,18 +4,20 @@ import (
 	"slices"
 
 	"troveng.dev/shared/contract/guestv1"
+	"troveng.dev/shared/guestclient"
 	"troveng.dev/shared/natsauth"
 )
 
-// The NATS permission sets of the embedded stack's guest identities. They live here until the agent module
-// and shared/ carry their own (then `up` should take those); tests run every guest command and a stand-in
-// agent under them on a real server (guest_test.go).
+// The NATS permission sets of the embedded stack's guest identities: the cli key's additions and the agent
+// key (which lives here until the agent module declares its own; then `up` should take that). Tests run
+// every guest command and a stand-in agent under them on a real server (guest_test.go).
 
 // registryStream is the JetStream stream behind the registry KV bucket.
 const registryStream = "KV_" + guestv1.RegistryBucket
 
-// guestRegistryRead is what reading the registry takes: open the bucket, get a record, list the keys
-// (an ordered consumer with its flow control and clean-up).
+// guestRegistryRead is what reading the registry takes: open the bucket and get a record (the callers' set,
+// guestclient.CallerPublish, has these), and list the keys, which `guest ls` does: an ordered consumer with
+// its clean-up and flow control.
 func guestRegistryRead() []string {
 	return []string{
 		"$JS.API.STREAM.INFO." + registryStream,
@@ -27,10 +29,12 @@ func guestRegistryRead() []string {
 }
 
 // cliPermissions is the client set (natsauth.ClientPermissions) plus what the guest commands need:
-// requests to every guest's operations and read-only access to the registry.
+// requests to every guest's operations and the registry read and listed (never written).
 func cliPermissions() natsauth.Permissions {
 	p := natsauth.ClientPermissions()
-	p.Publish = slices.Concat(p.Publish, []string{guestv1.Group("*") + ".*"}, guestRegistryRead())
+	p.Publish = slices.Concat(p.Publish, guestclient.CallerPublish(), guestRegistryRead())
+	slices.Sort(p.Publish)
+	p.Publish = slices.Compact(p.Publish)
 	return p
 }
 
