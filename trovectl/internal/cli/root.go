@@ -107,7 +107,7 @@ func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	root := &cobra.Command{
 		Use:           "trovectl",
 		Short:         "Operate the Trove-NG database-operations services",
-		Long:          "trovectl runs the embedded default stack and drives the storage, backup and other services over NATS.",
+		Long:          "trovectl runs the embedded default stack, drives the storage, backup and other services over NATS, and lists, drives and runs guests (database hosts) through their agents.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
