@@ -283,7 +283,7 @@ func Capabilities() []string {
 func (a *Agent) registration(ctx context.Context) guestv1.Registration {
 	r := guestv1.Registration{
 		Instance: a.cfg.Instance, Engine: a.cfg.Engine, AgentVersion: Version, Address: a.address,
-		Capabilities: Capabilities(), Tools: a.tools.Names(), Roots: a.roots.Names(),
+		Capabilities: Capabilities(), Tools: a.tools.Names(), Roots: []string{guestv1.RootData, guestv1.RootConfig},
 		Started: a.started, Heartbeat: time.Now().UTC(), HeartbeatMs: a.cfg.Heartbeat.Milliseconds(),
 	}
 	if a.engine != nil {
