@@ -267,4 +267,6 @@ func TestExtractRefusalsWriteNothing(t *testing.T) {
 
 type failingReader struct{}
 
-func (failingReader) Read([]byte) (int, error) { return 0, errs.Unavailablef("the caller's source broke") }
+func (failingReader) Read([]byte) (int, error) {
+	return 0, errs.Unavailablef("the caller's source broke")
+}
