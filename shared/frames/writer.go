@@ -119,8 +119,9 @@ type Writer struct {
 	summary Summary
 }
 
-// NewWriter checks the options and starts the workers; nothing is written to dst until the first frame is
-// ready. Bad options are errs.BadRequest.
+// NewWriter checks the options and starts the workers and the output goroutine, which writes the file
+// header at once and then the frames in order. Bad options are errs.BadRequest. Memory: about
+// (2·Workers+2)·2·FrameSize of frame buffers plus one codec state per worker, whatever the stream length.
 func NewWriter(dst io.Writer, o Options) (*Writer, error) {
 	if dst == nil {
 		return nil, errs.BadRequestf("frames writer: no destination")
