@@ -146,6 +146,10 @@ func (g *Guest) Registration(ctx context.Context) (guestv1.Registration, error) 
 // the first registration) and returns the last one read. It fails early, with the guest's log tail, when
 // the container stops running.
 func (g *Guest) WaitFor(ctx context.Context, what string, ok func(guestv1.Registration, error) bool) (guestv1.Registration, error) {
+	return g.waitFor(ctx, what, ok, true)
+}
+
+func (g *Guest) waitFor(ctx context.Context, what string, ok func(guestv1.Registration, error) bool, needRunning bool) (guestv1.Registration, error) {
 	var last guestv1.Registration
 	var lastErr error
 	for {
@@ -153,9 +157,11 @@ func (g *Guest) WaitFor(ctx context.Context, what string, ok func(guestv1.Regist
 		if ok(last, lastErr) {
 			return last, nil
 		}
-		if running, err := g.Running(ctx); err == nil && !running {
-			return last, fmt.Errorf("testkit: guest %s stopped while waiting until %s (last registration %s, %v)%s",
-				g.Instance, what, describe(last), lastErr, g.logTail(ctx, 30))
+		if needRunning {
+			if running, err := g.Running(ctx); err == nil && !running {
+				return last, fmt.Errorf("testkit: guest %s stopped while waiting until %s (last registration %s, %v)%s",
+					g.Instance, what, describe(last), lastErr, g.logTail(ctx, 30))
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -175,11 +181,12 @@ func (g *Guest) WaitReady(ctx context.Context) (guestv1.Registration, error) {
 	})
 }
 
-// WaitStale waits until the registration is stale (the agent missed guestv1.StaleBeats heartbeats).
+// WaitStale waits until the registration is stale (the agent missed guestv1.StaleBeats heartbeats), the
+// container running or not.
 func (g *Guest) WaitStale(ctx context.Context) (guestv1.Registration, error) {
-	return g.WaitFor(ctx, "stale", func(r guestv1.Registration, err error) bool {
+	return g.waitFor(ctx, "stale", func(r guestv1.Registration, err error) bool {
 		return err == nil && r.Stale(time.Now())
-	})
+	}, false)
 }
 
 // Restart starts a stopped or killed guest again and waits until it is ready.
