@@ -51,7 +51,8 @@ type mariabackupPlan struct {
 
 // mariabackupOptions are the strategy options a backup accepts (CreateRequest.Options).
 var mariabackupOptions = map[string]string{
-	"parallel": "threads copying data files (1-64; default 1)",
+	"parallel":   "threads copying data files (1-64; default 1)",
+	"checkpoint": "force an InnoDB checkpoint first, so the next incremental starts from now (true or false; default true)",
 }
 
 func planMariabackup(req Request) (mariabackupPlan, error) {
@@ -70,6 +71,16 @@ func planMariabackup(req Request) (mariabackupPlan, error) {
 		}
 		p.parallel = n
 	}
+	checkpoint := true
+	if v, ok := req.Options["checkpoint"]; ok {
+		switch strings.ToLower(v) {
+		case "true", "yes", "1":
+		case "false", "no", "0":
+			checkpoint = false
+		default:
+			return mariabackupPlan{}, errs.BadRequestf("mariabackup option checkpoint=%q: want true or false", v)
+		}
+	}
 	p.args = append(mariadb.ClientArgs(),
 		"--backup",
 		"--stream=mbstream",
@@ -77,6 +88,11 @@ func planMariabackup(req Request) (mariabackupPlan, error) {
 		"--extra-lsndir="+p.lsnDir,
 		"--parallel="+strconv.Itoa(p.parallel),
 	)
+	if checkpoint {
+		// to_lsn is the checkpoint the backup starts from; without a fresh one it can lag far behind (an idle
+		// server may not checkpoint for hours), and the next incremental would copy every page since.
+		p.args = append(p.args, "--innodb-log-checkpoint-now")
+	}
 	switch req.Type {
 	case catalog.TypeFull, "":
 		if req.Parent != nil {

@@ -65,9 +65,17 @@ func TestMariabackupFullArgs(t *testing.T) {
 		"--target-dir=/var/lib/trove/.trove-backup-b1-scratch",
 		"--extra-lsndir=/var/lib/trove/.trove-backup-b1",
 		"--parallel=1",
+		"--innodb-log-checkpoint-now",
 	}
 	if !slices.Equal(p.args, want) {
 		t.Fatalf("args\n got %q\nwant %q", p.args, want)
+	}
+}
+
+func TestMariabackupNoCheckpoint(t *testing.T) {
+	p, err := planMariabackup(Request{BackupID: "b1", Options: map[string]string{"checkpoint": "false"}})
+	if err != nil || slices.Contains(p.args, "--innodb-log-checkpoint-now") {
+		t.Fatalf("%q %v", p.args, err)
 	}
 }
 
@@ -76,7 +84,7 @@ func TestMariabackupIncrementalArgs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.args[len(p.args)-1] != "--incremental-lsn=44404" || !slices.Contains(p.args, "--parallel=4") {
+	if p.args[len(p.args)-1] != "--incremental-lsn=44404" || !slices.Contains(p.args, "--parallel=4") || !slices.Contains(p.args, "--innodb-log-checkpoint-now") {
 		t.Fatalf("args %q", p.args)
 	}
 	if p.parentLSN != 44404 || p.parentEnd != 46957 {
@@ -100,6 +108,7 @@ func TestMariabackupRefuses(t *testing.T) {
 		"unknown option":   {Request{BackupID: "b", Options: map[string]string{"paralel": "2"}}, errs.BadRequest},
 		"parallel 0":       {Request{BackupID: "b", Options: map[string]string{"parallel": "0"}}, errs.BadRequest},
 		"parallel garbage": {Request{BackupID: "b", Options: map[string]string{"parallel": "2; rm"}}, errs.BadRequest},
+		"checkpoint maybe": {Request{BackupID: "b", Options: map[string]string{"checkpoint": "maybe"}}, errs.BadRequest},
 		"unknown type":     {Request{BackupID: "b", Type: "differential"}, errs.BadRequest},
 	} {
 		_, err := planMariabackup(tc.req)
