@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/spf13/cobra v1.10.2
+	troveng.dev/agent v0.0.0
 	troveng.dev/services/storage v0.0.0
 	troveng.dev/shared v0.0.0
 )
@@ -80,5 +81,7 @@ require (
 )
 
 replace troveng.dev/shared => ../shared
+
+replace troveng.dev/agent => ../agent
 
 replace troveng.dev/services/storage => ../services/storage

@@ -157,14 +157,15 @@ func TestFindContainerCLI(t *testing.T) {
 }
 
 // fakeContainers stands in for the podman CLI: it records every argument vector, and `run` starts a
-// stand-in agent in-process with the environment and key the argv gives it (unless noAgent).
+// registrar (a healthy guest's heartbeat) in-process with the instance, engine and key the argv gives it
+// (unless noAgent).
 type fakeContainers struct {
 	t       *testing.T
 	natsURL string // where the in-process agent really connects (the argv's URL is the container's view)
 
 	mu       sync.Mutex
 	calls    [][]string
-	agents   map[string]*fakeAgent // by container name
+	agents   map[string]*registrar // by container name
 	labels   map[string]string
 	running  map[string]bool
 	noAgent  bool
@@ -172,7 +173,7 @@ type fakeContainers struct {
 }
 
 func installFakeContainers(t *testing.T, natsURL string) *fakeContainers {
-	f := &fakeContainers{t: t, natsURL: natsURL, agents: map[string]*fakeAgent{}, labels: map[string]string{}, running: map[string]bool{}}
+	f := &fakeContainers{t: t, natsURL: natsURL, agents: map[string]*registrar{}, labels: map[string]string{}, running: map[string]bool{}}
 	oldLook, oldRun := lookPath, runContainer
 	t.Cleanup(func() { lookPath, runContainer = oldLook, oldRun })
 	lookPath = func(name string) (string, error) {
@@ -246,7 +247,7 @@ func (f *fakeContainers) run(_ context.Context, cli containerCLI, args ...string
 				return nil, nil, err
 			}
 			f.t.Cleanup(nc.Close)
-			f.agents[name] = startFakeAgent(f.t, nc, instance, engine)
+			f.agents[name] = startRegistrar(f.t, nc, instance, engine)
 		}
 		return []byte("4f871c9e90150123456789abcdef\n"), nil, nil
 	case "inspect":
@@ -311,8 +312,8 @@ func TestGuestStartStop(t *testing.T) {
 		t.Fatal("start printed the agent's seed")
 	}
 	// The guest is there for the other commands.
-	if code, out, _ := runCLI(t, nats, "guest", "exec", "redis-1", "echo", "PONG"); code != 0 || out != "PONG\n" {
-		t.Fatalf("exec on the started guest: %d %q", code, out)
+	if code, out, _ := runCLI(t, nats, "guest", "ls"); code != 0 || !strings.Contains(tableRow(out, "redis-1"), "running") {
+		t.Fatalf("ls after start: %d %q", code, out)
 	}
 	// Starting it again while it lives is a conflict, and runs nothing.
 	code, _, stderr = runCLI(t, nats, "guest", "start", "--engine", "redis", "--name", "redis-1")

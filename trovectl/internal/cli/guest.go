@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -312,12 +313,10 @@ func (g *globals) execOnGuest(ctx context.Context, nc *nats.Conn, id string, req
 	if err != nil {
 		return err
 	}
-	var stdin io.Reader
 	if withStdin {
 		req.Stdin = guestv1.StdinSpec{Mode: guestv1.StdinStream}
-		stdin = g.stdin
 	}
-	r, err := gc.RunToWriter(ctx, req, stdin, g.stdout)
+	r, err := runStreamed(ctx, nc, gc, req, g.stdin, g.stdout)
 	if r.StderrTail != "" {
 		if len(r.StderrTail) >= guestv1.MaxStderrTail {
 			fmt.Fprintf(g.stderr, "[trovectl: the last %d bytes of %s's stderr]\n", len(r.StderrTail), req.Tool)
@@ -327,8 +326,15 @@ func (g *globals) execOnGuest(ctx context.Context, nc *nats.Conn, id string, req
 			fmt.Fprintln(g.stderr)
 		}
 	}
+	// A tool that failed on its own before reading all of its stdin: the agent reports a conflict, but as in
+	// a shell pipeline the tool's own exit code tells more (the note still goes to stderr). With exit 0 the
+	// conflict stands: the agent then drops the tool's stdout, so what arrived here may be cut.
+	if r.Done && r.Signal == "" && r.ExitCode > 0 && r.Error != nil && r.Error.Code == errs.Conflict && withStdin {
+		fmt.Fprintf(g.stderr, "[trovectl: %s]\n", r.Error.Message)
+		r.Error = nil
+	}
 	// A tool that ran to its own non-zero exit reports that, whatever became of its stdout stream (an
-	// agent may end the stream with an error when the tool fails).
+	// agent ends the stream with an error when the tool fails).
 	if r.Done && r.Error == nil && r.ExitCode != 0 {
 		code, how := toolExitCode(r)
 		return &exitError{code: code, msg: fmt.Sprintf("%s on guest %s %s", req.Tool, id, how)}
@@ -343,6 +349,109 @@ func (g *globals) execOnGuest(ctx context.Context, nc *nats.Conn, id string, req
 		return errs.Unavailablef("%s on guest %s did not finish", req.Tool, id)
 	}
 	return nil
+}
+
+// runStreamed runs an exec with its stdout streamed into stdout and, for a "stream" stdin, stdin streamed to
+// the tool. It is guestclient.RunToWriter except for one thing an interactive CLI needs: a tool that ends
+// without reading all of its input (redis-cli ping, head) must not leave trovectl waiting for a terminal
+// that never sends EOF, so stdin is read through a pipe that is closed once the exec is over.
+func runStreamed(ctx context.Context, nc *nats.Conn, gc *guestclient.Client, req guestv1.ExecRequest, stdin io.Reader, stdout io.Writer) (guestv1.ExecResult, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rcv, err := stream.Listen(ctx, nc, stream.Options{})
+	if err != nil {
+		return guestv1.ExecResult{}, err
+	}
+	defer func() { _ = rcv.Close() }()
+	req.Stdout = guestv1.StdoutSpec{Mode: guestv1.StdoutStream, StreamSubject: rcv.Subject()}
+	st, err := gc.Exec(ctx, req)
+	if err != nil {
+		return guestv1.ExecResult{}, err
+	}
+	copied := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(stdout, rcv)
+		if err != nil {
+			rcv.Fail(err)
+		} else {
+			err = rcv.Finish(nil)
+		}
+		copied <- err
+	}()
+	sent := make(chan error, 1)
+	closeIn, inErr := func() {}, func() error { return nil }
+	if st.StdinSubject != "" {
+		var in io.Reader
+		in, closeIn, inErr = interruptible(stdin)
+		go func() {
+			_, _, err := stream.Send(ctx, nc, st.StdinSubject, in, stream.Options{})
+			sent <- err
+		}()
+	} else {
+		sent <- nil
+	}
+	r, err := gc.Wait(ctx, st.ExecID, nil)
+	if err != nil && ctx.Err() != nil {
+		// Interrupted here (Ctrl-C): stop the tool on the guest too (best effort, on a fresh short context).
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_, _ = gc.Cancel(cctx, st.ExecID)
+		ccancel()
+	}
+	// Once the exec is over, what the tool did not read is ended here (a terminal may never send EOF).
+	closeIn()
+	if err != nil {
+		cancel() // the agent is gone or we gave up: fail the streams instead of waiting for their idle timeout
+		<-copied //nolint:errcheck // waits for the copier; its error is secondary to the exec's
+		<-sent   //nolint:errcheck // likewise
+		return r, err
+	}
+	cerr := <-copied
+	// The send's own error is not the exec's (see below); a send stuck on a silent peer is cut short.
+	select {
+	case <-sent: //nolint:errcheck // see above
+	case <-time.After(5 * time.Second):
+		cancel()
+		<-sent //nolint:errcheck // see above
+	}
+	if cerr != nil && r.Error == nil {
+		return r, cerr
+	}
+	// As in a shell pipeline, the tool's own outcome decides: a tool that exits before reading all of its
+	// stdin has not failed (the agent then ends the stdin stream with a conflict, which is not reported).
+	// Only failing to read our own standard input is, since the tool may have taken cut input for whole.
+	if rerr := inErr(); rerr != nil && r.Error == nil {
+		return r, errs.Wrap(errs.Internal, rerr, "reading standard input for %s; the tool may have seen only part of it", req.Tool)
+	}
+	return r, nil
+}
+
+// errStdinUnread ends the reading of stdin once the exec is over.
+var errStdinUnread = errors.New("the tool ended before reading all of its standard input")
+
+// interruptible reads r through a pipe; stop makes a blocked Read return errStdinUnread at once, even while
+// r (a terminal) is itself blocked (the copier left blocked on r ends with the process). readErr is the
+// error reading r failed with, if it did (EOF is none).
+func interruptible(r io.Reader) (in io.Reader, stop func(), readErr func() error) {
+	if r == nil {
+		r = eofReader{}
+	}
+	pr, pw := io.Pipe()
+	var mu sync.Mutex
+	var failed error
+	go func() {
+		_, err := io.Copy(pw, r)
+		if err != nil && !errors.Is(err, io.ErrClosedPipe) && !errors.Is(err, errStdinUnread) {
+			mu.Lock()
+			failed = err
+			mu.Unlock()
+		}
+		_ = pw.CloseWithError(err) // nil: EOF for the reader
+	}()
+	return pr, func() { _ = pr.CloseWithError(errStdinUnread) }, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		return failed
+	}
 }
 
 // toolExitCode is the exit code trovectl passes on for a tool that did not exit 0: its own, or 128+n for
