@@ -214,4 +214,5 @@ func (s *Server) parent(ctx context.Context, req backupv1.CreateRequest, strat s
 }
 
 // artifactID is bound into every frame of an artifact: frames of another backup or artifact are refused.
-func artifactID(backup, name string) string { return backup + "/" + name }
+// It is a plain id (no "/") because the agent validates it like every id it is handed.
+func artifactID(backup, name string) string { return backup + "-" + name }
