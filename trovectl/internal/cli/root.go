@@ -120,7 +120,7 @@ func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	pf.StringVar(&g.nkey, "nkey", os.Getenv("TROVE_NATS_NKEY"), "NATS NKey seed file (env TROVE_NATS_NKEY; default "+defaultNKey+" when it exists, the key `trovectl up` makes)")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "timeout of each request (transfers and --wait run until done)")
 	pf.StringVarP(&g.output, "output", "o", "text", "output format: text or json")
-	root.AddCommand(upCmd(g), storageCmd(g), jobCmd(g), serviceCmd(g), guestCmd(g))
+	root.AddCommand(upCmd(g), storageCmd(g), jobCmd(g), serviceCmd(g), guestCmd(g), backupCmd(g), restoreCmd(g))
 	err := root.ExecuteContext(ctx)
 	if err != nil && err.Error() != "" {
 		fmt.Fprintf(stderr, "trovectl: %v\n", err)
