@@ -78,6 +78,8 @@ require (
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260928230214-8a89bd6388cc // indirect
 	google.golang.org/grpc v1.83.2 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
+	troveng.dev/services/backup v0.0.0
+	troveng.dev/services/restore v0.0.0
 )
 
 replace troveng.dev/shared => ../shared
@@ -85,3 +87,7 @@ replace troveng.dev/shared => ../shared
 replace troveng.dev/agent => ../agent
 
 replace troveng.dev/services/storage => ../services/storage
+
+replace troveng.dev/services/backup => ../services/backup
+
+replace troveng.dev/services/restore => ../services/restore

@@ -190,3 +190,12 @@ func short(s string) string {
 	}
 	return s
 }
+
+// RecipientOf returns the public key of an age identity (to wrap keys for an identity one holds).
+func RecipientOf(identity string) (string, error) {
+	ids, err := ParseIdentities(identity)
+	if err != nil {
+		return "", err
+	}
+	return ids[0].Recipient().String(), nil
+}

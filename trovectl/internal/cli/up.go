@@ -17,6 +17,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
+	"troveng.dev/services/backup"
+	"troveng.dev/services/restore"
 	"troveng.dev/services/storage"
 	"troveng.dev/shared/contract/storagev1"
 	"troveng.dev/shared/embednats"
@@ -137,6 +139,11 @@ func (g *globals) up(ctx context.Context, o upOptions) error {
 		return errs.Wrap(errs.Unavailable, err, "starting admin HTTP on %s", o.adminAddr)
 	}
 	defer func() { _ = adm.Shutdown(context.WithoutCancel(ctx)) }()
+	stopBR, ageFile, err := startBackupRestore(ctx, url, dataDir, keys, tel)
+	if err != nil {
+		return err
+	}
+	defer stopBR()
 
 	out := g.stdout
 	fmt.Fprintf(out, "Trove-NG embedded stack is up\n")
@@ -146,6 +153,7 @@ func (g *globals) up(ctx context.Context, o upOptions) error {
 	}
 	fmt.Fprintf(out, "  NATS (JetStream)  %s%s   state in %s\n", url, listening, filepath.Join(dataDir, "nats"))
 	fmt.Fprintf(out, "  storage service   trove.storage.v1.*   strategy %s %s\n", o.strategy, describeOpts(opts))
+	fmt.Fprintf(out, "  backup, restore   trove.backup.v1.* trove.restore.v1.*   strategies %s; data keys wrapped for the age identity in %s\n", strings.Join(backup.Strategies(), " "), ageFile)
 	fmt.Fprintf(out, "  admin HTTP        http://%s/healthz /readyz /metrics /v1/info\n", adminAddr)
 	fmt.Fprintf(out, "  NATS identities   NKeys in %s (storage.nk: the storage service, cli.nk: clients, agent.nk: local guests' agents); no other connection is let in\n", filepath.Dir(keys.cli))
 	if isLocalHost(host) && host != "0.0.0.0" && host != "::" {
@@ -177,16 +185,25 @@ func (g *globals) up(ctx context.Context, o upOptions) error {
 
 // upKeys are the seed files of the embedded stack's identities and the users the server admits.
 type upKeys struct {
-	storage, cli, agent string // seed files
-	users               []natsauth.User
+	storage, backup, restore, cli, agent string // seed files
+	users                                []natsauth.User
 }
 
 // upIdentities makes (on the first run) and reads the NKeys of the storage service, of clients and of
 // local guests' agents, kept in <dataDir>/nkeys so clients configured with them keep working across restarts.
 func upIdentities(dataDir string, cfg storage.Config) (upKeys, error) {
 	dir := filepath.Join(dataDir, "nkeys")
-	k := upKeys{storage: filepath.Join(dir, "storage.nk"), cli: filepath.Join(dir, "cli.nk"), agent: filepath.Join(dir, "agent.nk")}
+	k := upKeys{storage: filepath.Join(dir, "storage.nk"), backup: filepath.Join(dir, "backup.nk"), restore: filepath.Join(dir, "restore.nk"),
+		cli: filepath.Join(dir, "cli.nk"), agent: filepath.Join(dir, "agent.nk")}
 	storagePub, err := natsauth.EnsureSeed(k.storage)
+	if err != nil {
+		return k, err
+	}
+	backupPub, err := natsauth.EnsureSeed(k.backup)
+	if err != nil {
+		return k, err
+	}
+	restorePub, err := natsauth.EnsureSeed(k.restore)
 	if err != nil {
 		return k, err
 	}
@@ -200,6 +217,8 @@ func upIdentities(dataDir string, cfg storage.Config) (upKeys, error) {
 	}
 	k.users = []natsauth.User{
 		{Name: "storage", PublicKey: storagePub, Permissions: storage.Permissions(cfg.NATSBucket())},
+		{Name: "backup", PublicKey: backupPub, Permissions: backup.Permissions()},
+		{Name: "restore", PublicKey: restorePub, Permissions: restore.Permissions()},
 		{Name: "cli", PublicKey: cliPub, Permissions: cliPermissions()},
 		{Name: "agent", PublicKey: agentPub, Permissions: agentPermissions()},
 	}
