@@ -47,8 +47,8 @@ func validateFrames(f *guestv1.FrameSpec, reading bool) error {
 	if f.Key != nil && len(f.Key) != 32 {
 		return errs.BadRequestf("frames: the data key is %d bytes; AES-256-GCM needs 32", len(f.Key))
 	}
-	if err := ids.Validate("artifact", f.ArtifactID); err != nil {
-		return errs.BadRequestf("frames: %s", errs.From(err).Message)
+	if err := validateArtifactID(f.ArtifactID); err != nil {
+		return err
 	}
 	if f.Level < 0 || f.FrameSize < 0 || f.Workers < 0 {
 		return errs.BadRequestf("frames: level, frame size and workers must not be negative")
@@ -109,10 +109,18 @@ type frameWriter interface {
 	summary() frameSummary
 }
 
+// frameReader is the framed decoder (frames.go).
+type frameReader interface {
+	io.Reader
+	Close() error
+	stages() map[string]time.Duration
+}
+
 type frameSummary struct {
 	Codec       string
 	Frames      int
 	RawSize     int64
+	SHA256      string // of the stored bytes
 	IndexSHA256 string
 	Stages      map[string]time.Duration
 }
@@ -232,6 +240,9 @@ func (u *Upload) Commit() (*guestv1.Artifact, map[string]int64, error) {
 	if a.Size != u.timed.n {
 		return nil, nil, errs.New(errs.Corrupt, "storage recorded %d bytes for %q, the agent sent %d", a.Size, a.Key, u.timed.n)
 	}
+	if u.fw != nil && u.fw.summary().SHA256 != a.SHA256 {
+		return nil, nil, errs.New(errs.Corrupt, "storage recorded SHA-256 %s for %q, the frames written hash to %s", a.SHA256, a.Key, u.fw.summary().SHA256)
+	}
 	return a, stages, nil
 }
 
@@ -245,10 +256,11 @@ func (u *Upload) Abort(err error) {
 	if err == nil {
 		err = errs.New(errs.Cancelled, "upload of %q abandoned", u.ref.Key)
 	}
+	// The pipe first: a frame write blocked on it returns, so the encoder's Abort does not wait on it.
+	_ = u.pw.CloseWithError(errs.From(err))
 	if u.fw != nil {
 		u.fw.Abort(err)
 	}
-	_ = u.pw.CloseWithError(errs.From(err))
 	<-u.result
 }
 
@@ -265,13 +277,12 @@ type Download struct {
 	ref    guestv1.StorageRef
 	pr     *io.PipeReader
 	src    io.Reader
-	fr     io.ReadCloser // framed decoder (nil: raw)
+	fr     frameReader   // framed decoder (nil: raw)
 	done   chan struct{} // the get returned; err is its error
 	err    error
 	cancel context.CancelFunc
 	once   sync.Once
 	wait   time.Duration
-	stages map[string]time.Duration
 }
 
 // firstWrite reports the first bytes (or the end) of a get, so the tool starts only once the artifact
@@ -325,12 +336,12 @@ func StartDownload(ctx context.Context, sc *storageclient.Client, ref guestv1.St
 	}
 	d.src = &timedReader{r: pr, d: d}
 	if ref.Frames != nil {
-		fr, stages, err := newFrameReader(d.src, ref.Frames)
+		fr, err := newFrameReader(d.src, ref.Frames)
 		if err != nil {
 			d.End(err)
 			return nil, err
 		}
-		d.fr, d.src, d.stages = fr, fr, stages
+		d.fr, d.src = fr, fr
 	}
 	return d, nil
 }
@@ -347,9 +358,21 @@ func (t *timedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Read returns verified bytes only; a frame that fails verification is errs.Corrupt.
+// Read returns verified bytes only; a frame that fails verification is errs.Corrupt. io.EOF comes only
+// once the storage service finished the transfer with its own check of the whole object.
 func (d *Download) Read(p []byte) (int, error) {
 	n, err := d.src.Read(p)
+	if err == io.EOF && d.fr != nil {
+		// The framed artifact ended at its footer; the transfer must end there too.
+		var one [1]byte
+		m, rerr := io.ReadFull(d.pr, one[:])
+		switch {
+		case m > 0:
+			return n, errs.New(errs.Corrupt, "artifact %q has data after its footer", d.ref.Key)
+		case rerr != io.EOF:
+			return n, d.readError(rerr)
+		}
+	}
 	if err != nil && err != io.EOF {
 		return n, d.readError(err)
 	}
@@ -385,8 +408,10 @@ func (d *Download) End(err error) {
 // Stages are the download's stage times in ms (after End).
 func (d *Download) Stages() map[string]int64 {
 	out := map[string]int64{"download": d.wait.Milliseconds()}
-	for k, v := range d.stages {
-		out[k] = v.Milliseconds()
+	if d.fr != nil {
+		for k, v := range d.fr.stages() {
+			out[k] = v.Milliseconds()
+		}
 	}
 	return out
 }
