@@ -256,4 +256,3 @@ func TestVerifyFindsDamage(t *testing.T) {
 		t.Fatalf("verify of a broken chain: %s %+v", j.State, j.Error)
 	}
 }
-
