@@ -41,6 +41,8 @@ type upOptions struct {
 	demo      bool
 	demoSize  int64
 	once      bool
+	// guest demo: --keep-guests, and whether --nats-listen was given (else the demo picks the gateway)
+	keepGuests, listenSet bool
 }
 
 func upCmd(g *globals) *cobra.Command {
@@ -58,9 +60,14 @@ it with the printed --nats URL and TROVE_NATS_NKEY (run from the directory up ra
 guest containers need an address they reach, e.g. --nats-listen 0.0.0.0:4222 (every interface: anyone who can
 reach this host may try to connect, and only the three keys get in) or the container network's gateway
 (10.88.0.1 for podman). With --demo it also stores a generated object, verifies it with a job and reads it
-back, to show the whole path works.`,
+back, to show the whole path works; when podman (or docker) and the guest image are there, it then starts
+two redis guests, loads sample data into one, backs it up (redis-rdb), restores that into the other and
+shows the two are identical (--nats-listen defaults then to the container network's gateway).`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return g.up(cmd.Context(), o) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.listenSet = cmd.Flags().Changed("nats-listen") || cmd.Flags().Changed("listen")
+			return g.up(cmd.Context(), o)
+		},
 	}
 	f := c.Flags()
 	f.StringVar(&o.dataDir, "data-dir", "data", "where NATS and fs storage keep their state")
@@ -73,10 +80,17 @@ back, to show the whole path works.`,
 	f.BoolVar(&o.demo, "demo", false, "store, verify and read back a generated object once the stack is up")
 	f.Int64Var(&o.demoSize, "demo-size", 64<<20, "size in bytes of the demo object")
 	f.BoolVar(&o.once, "once", false, "stop after the demo instead of serving until Ctrl-C")
+	f.BoolVar(&o.keepGuests, "keep-guests", false, "leave the demo's two redis guests running after the demo")
 	return c
 }
 
 func (g *globals) up(ctx context.Context, o upOptions) error {
+	var gd *guestDemo
+	if o.demo {
+		// With guests at hand the demo also backs one up and restores it into another (demo_guest.go).
+		gd = g.prepareGuestDemo(ctx, &o.listen, o.listenSet, o.keepGuests)
+		defer gd.close()
+	}
 	host, portStr, err := net.SplitHostPort(o.listen)
 	if err != nil {
 		return errs.BadRequestf("--nats-listen %q is not HOST:PORT", o.listen)
@@ -172,6 +186,11 @@ func (g *globals) up(ctx context.Context, o upOptions) error {
 		defer cli.Close()
 		if err := demo(ctx, cli, out, o.demoSize); err != nil {
 			return err
+		}
+		if gd != nil {
+			if err := gd.run(ctx, cli, url, keys.agent); err != nil {
+				return err
+			}
 		}
 	}
 	if o.once {
