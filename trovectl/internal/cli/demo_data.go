@@ -158,3 +158,15 @@ func compareDumps(want, got map[string]string) []string {
 	sort.Strings(diffs)
 	return diffs
 }
+
+// unreadableDumps are the keys whose DUMP reply is not a quoted serialization (nil or an error), sorted.
+func unreadableDumps(m map[string]string) []string {
+	var bad []string
+	for k, v := range m {
+		if !strings.HasPrefix(v, "\"") {
+			bad = append(bad, k+": "+v)
+		}
+	}
+	sort.Strings(bad)
+	return bad
+}

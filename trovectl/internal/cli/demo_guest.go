@@ -54,7 +54,17 @@ func (g *globals) prepareGuestDemo(ctx context.Context, listen *string, listenSe
 	}
 	d := &guestDemo{g: g, cli: cli, image: DefaultGuestImage, keepGuests: keepGuests}
 	if listenSet {
-		return d
+		host, _, err := net.SplitHostPort(*listen)
+		if err != nil {
+			return nil // up reports the bad flag
+		}
+		if ip := net.ParseIP(host); isLocalHost(host) && (ip == nil || !ip.IsUnspecified()) && host != "" {
+			fmt.Fprintf(g.stdout, "Guest demo skipped: --nats-listen %s is loopback, which containers cannot reach (leave it out and the demo listens on the container network's gateway).\n", *listen)
+			return nil
+		}
+		if !isLocalHost(host) {
+			return d // an address containers reach as it is
+		}
 	}
 	args := []string{"network", "inspect", cli.defaultNetwork()}
 	out, stderr, err := runContainer(ctx, cli, args...)
@@ -67,12 +77,15 @@ func (g *globals) prepareGuestDemo(ctx context.Context, listen *string, listenSe
 		fmt.Fprintf(g.stdout, "Guest demo skipped: cannot find the container network's gateway (%v); give --nats-listen.\n", err)
 		return nil
 	}
-	if !hasLocalAddr(d.gateway) {
+	if !listenSet && !hasLocalAddr(d.gateway) {
 		// Podman makes its bridge (and the gateway address on it) only while a container is attached.
 		if err := d.startAnchor(ctx); err != nil {
 			fmt.Fprintf(g.stdout, "Guest demo skipped: %v\n", err)
 			return nil
 		}
+	}
+	if listenSet {
+		return d // every address: containers reach it on the gateway
 	}
 	port := "4222"
 	if l, err := net.Listen("tcp", net.JoinHostPort(d.gateway, port)); err == nil {
@@ -137,7 +150,11 @@ type demoGuest struct {
 func (d *guestDemo) run(ctx context.Context, nc *nats.Conn, url, agentKey string) (err error) {
 	out := d.g.stdout
 	total := time.Now()
-	if d.gateway != "" {
+	if needsGateway(url) {
+		if url, err = containerNATSURL(url, d.gateway); err != nil {
+			return err
+		}
+	} else if d.gateway != "" {
 		fmt.Fprintf(out, "Guest demo: NATS listens on %s, the container network's gateway: reachable from this host and its containers, not from other machines\n", strings.TrimPrefix(url, "nats://"))
 	}
 	js, err := jetstream.New(nc)
@@ -204,6 +221,9 @@ func (d *guestDemo) run(ctx context.Context, nc *nats.Conn, url, agentKey string
 	srcDump, err := redisDataset(ctx, src)
 	if err != nil {
 		return err
+	}
+	if bad := unreadableDumps(srcDump); len(bad) > 0 {
+		return errs.Internalf("the source's DUMP of %d keys is not a serialization, the first: %s", len(bad), bad[0])
 	}
 	if len(srcDump) != n {
 		return errs.Internalf("the source holds %d keys after loading %d", len(srcDump), n)
