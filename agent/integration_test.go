@@ -337,10 +337,15 @@ func TestIntegrationExecStdoutToStorageAndBack(t *testing.T) {
 
 	// The frames are bound to their artifact id and key: another key or id is refused, and sha256sum
 	// never sees a byte of it.
-	for name, f := range map[string]*guestv1.FrameSpec{
-		"wrong key": {Codec: "zstd", ArtifactID: "exec-it-1", Key: newKey(t)},
-		"wrong id":  {Codec: "zstd", ArtifactID: "exec-it-2", Key: key},
+	for name, c := range map[string]struct {
+		f    *guestv1.FrameSpec
+		code errs.Code
+	}{
+		"wrong key": {&guestv1.FrameSpec{Codec: "zstd", ArtifactID: "exec-it-1", Key: newKey(t)}, errs.Unauthorized},
+		"wrong id":  {&guestv1.FrameSpec{Codec: "zstd", ArtifactID: "exec-it-2", Key: key}, errs.Corrupt},
+		"no key":    {&guestv1.FrameSpec{Codec: "zstd", ArtifactID: "exec-it-1"}, errs.BadRequest},
 	} {
+		f := c.f
 		r, err := g.Client.Run(ctx, guestv1.ExecRequest{
 			Tool:   "sha256sum",
 			Stdin:  guestv1.StdinSpec{Mode: guestv1.StdinStorage, Storage: &guestv1.StorageRef{Key: objKey, Frames: f}},
@@ -352,8 +357,11 @@ func TestIntegrationExecStdoutToStorageAndBack(t *testing.T) {
 		if err == nil || r.OK() {
 			t.Fatalf("%s: read back with no error: %+v", name, r)
 		}
-		if c := errs.CodeOf(err); c != errs.Corrupt && c != errs.BadRequest {
-			t.Fatalf("%s: %s (%v), want corrupt or bad_request", name, c, err)
+		if got := errs.CodeOf(err); got != c.code {
+			t.Errorf("%s: %s (%v), want %s", name, got, err, c.code)
+		}
+		if r.StdinBytes != 0 {
+			t.Errorf("%s: sha256sum was given %d bytes", name, r.StdinBytes)
 		}
 	}
 	if err := s.store.Delete(ctx, objKey); err != nil {
