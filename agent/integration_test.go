@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -906,10 +907,16 @@ func BenchmarkGuestRelay(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var relay, pipe []float64
+	var relay, pipe, relayCPU, pipeCPU []float64
 	var stored, pipeSize int64
+	b.Logf("load average before: %s", loadavg())
 	for round := 1; round <= rounds && b.N > 0; round++ {
 		objKey := fmt.Sprintf("bench/relay-%d", round)
+		agent0, err := procCPU(ctx, g, pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		host0 := selfCPU()
 		t0 := time.Now()
 		res, err := g.Client.Run(ctx, guestv1.ExecRequest{
 			Tool: "datagen", Args: []string{"-bytes", "2GiB", "-seed", fmt.Sprint(round)},
@@ -920,25 +927,39 @@ func BenchmarkGuestRelay(b *testing.B) {
 		if err != nil || guestclient.Check(res) != nil || res.Artifact == nil || res.StdoutBytes != size {
 			b.Fatalf("relay: %v %v %+v", err, guestclient.Check(res), res)
 		}
+		host := selfCPU() - host0
+		agent1, err := procCPU(ctx, g, pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		agentCPU := agent1 - agent0
 		relay = append(relay, size/d.Seconds()/1e6)
+		relayCPU = append(relayCPU, agentCPU+host)
 		stored = res.Artifact.Size
-		b.Logf("round %d relay: %.0f MB/s (%s, %d frames, stored %d bytes, stages ms %v)", round, relay[len(relay)-1], d.Round(time.Millisecond), res.Artifact.Frames, stored, res.Stages)
+		b.Logf("round %d relay: %.0f MB/s (%s; CPU: agent+datagen %.1fs, test process (NATS, storage) %.1fs; %d frames, stored %d bytes, stages ms %v)",
+			round, relay[len(relay)-1], d.Round(time.Millisecond), agentCPU, host, res.Artifact.Frames, stored, res.Stages)
 		if err := s.store.Delete(ctx, objKey); err != nil {
 			b.Fatal(err)
 		}
 
 		t0 = time.Now()
-		out, err := g.Output(ctx, "sh", "-c", fmt.Sprintf("trove-agent datagen -bytes 2GiB -seed %d | zstd -1 -T0 -q -f -o /var/lib/trove/bench.zst && stat -c %%s /var/lib/trove/bench.zst && rm -f /var/lib/trove/bench.zst", round))
+		r, err := g.Exec(ctx, "bash", "-c", fmt.Sprintf(`TIMEFORMAT="%%3U %%3S"; time { trove-agent datagen -bytes 2GiB -seed %d | zstd -1 -T0 -q -f -o /var/lib/trove/bench.zst; } && stat -c %%s /var/lib/trove/bench.zst && rm -f /var/lib/trove/bench.zst`, round))
 		d = time.Since(t0)
-		if err != nil {
-			b.Fatal(err)
+		if err != nil || r.Code != 0 {
+			b.Fatalf("pipe: %v %s", err, r)
 		}
-		if _, err := fmt.Sscan(out, &pipeSize); err != nil {
-			b.Fatalf("pipe output %q", out)
+		var user, sys float64
+		if _, err := fmt.Sscan(string(r.Stdout), &pipeSize); err != nil {
+			b.Fatalf("pipe output %s", r)
+		}
+		if _, err := fmt.Sscan(string(r.Stderr), &user, &sys); err != nil {
+			b.Fatalf("pipe times %s", r)
 		}
 		pipe = append(pipe, size/d.Seconds()/1e6)
-		b.Logf("round %d pipe:  %.0f MB/s (%s, %d bytes)", round, pipe[len(pipe)-1], d.Round(time.Millisecond), pipeSize)
+		pipeCPU = append(pipeCPU, user+sys)
+		b.Logf("round %d pipe:  %.0f MB/s (%s; CPU: datagen+zstd %.1fs; %d bytes)", round, pipe[len(pipe)-1], d.Round(time.Millisecond), user+sys, pipeSize)
 	}
+	b.Logf("load average after: %s", loadavg())
 	hwm, err := g.ProcStatus(ctx, pid, "VmHWM")
 	if err != nil {
 		b.Fatal(err)
@@ -948,8 +969,46 @@ func BenchmarkGuestRelay(b *testing.B) {
 	b.ReportMetric(p, "pipe-MB/s")
 	b.ReportMetric(r/p, "ratio")
 	b.ReportMetric(float64(hwm)/(1<<20), "agent-peak-RSS-MiB")
-	b.Logf("median of %d rounds: relay %.0f MB/s (stored %d bytes, ratio %.2f), pipe %.0f MB/s (%d bytes), relay/pipe %.2f, agent VmHWM %.1f MiB",
-		len(relay), r, stored, float64(size)/float64(stored), p, pipeSize, r/p, float64(hwm)/(1<<20))
+	b.ReportMetric(median(relayCPU), "relay-CPU-s")
+	b.ReportMetric(median(pipeCPU), "pipe-CPU-s")
+	b.Logf("median of %d rounds: relay %.0f MB/s (stored %d bytes, ratio %.2f, %.1f CPU s), pipe %.0f MB/s (%d bytes, %.1f CPU s), relay/pipe %.2f, agent VmHWM %.1f MiB",
+		len(relay), r, stored, float64(size)/float64(stored), median(relayCPU), p, pipeSize, median(pipeCPU), r/p, float64(hwm)/(1<<20))
+}
+
+// procCPU is the CPU time (user+system, with reaped children: the tools) of a process in the guest, s.
+func procCPU(ctx context.Context, g *testkit.Guest, pid int) (float64, error) {
+	out, err := g.Output(ctx, "cat", fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name in parentheses: state is field 3, utime..cstime are 14..17.
+	f := strings.Fields(out[strings.LastIndexByte(out, ')')+1:])
+	var ticks float64
+	for _, v := range f[11:15] {
+		var n float64
+		if _, err := fmt.Sscan(v, &n); err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %q", pid, out)
+		}
+		ticks += n
+	}
+	return ticks / 100, nil // USER_HZ is 100 on Linux
+}
+
+// selfCPU is this process's CPU time (user+system), s.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Join(strings.Fields(string(b))[:3], " ")
 }
 
 func median(v []float64) float64 {
