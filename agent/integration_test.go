@@ -894,8 +894,25 @@ func storageProgress(s *suite) bool {
 // peak RSS (VmHWM) after the relays.
 func BenchmarkGuestRelay(b *testing.B) {
 	s := getSuite(b)
-	g := s.guest(b, guestv1.EngineRedis)
 	ctx := timeout(b, 30*time.Minute)
+	g := s.guest(b, guestv1.EngineRedis)
+	// TROVE_BENCH_GUEST_ENV="K=V K2=V2" runs the benchmark on a guest of its own with that agent
+	// environment (e.g. TROVE_MEMORY_LIMIT=0 to see what the agent's soft memory limit costs).
+	if v := os.Getenv("TROVE_BENCH_GUEST_ENV"); v != "" {
+		env := map[string]string{}
+		for _, kv := range strings.Fields(v) {
+			k, val, ok := strings.Cut(kv, "=")
+			if !ok {
+				b.Fatalf("TROVE_BENCH_GUEST_ENV: %q is not K=V", kv)
+			}
+			env[k] = val
+		}
+		var err error
+		if g, err = s.kit.AddGuest(ctx, testkit.GuestOptions{Engine: guestv1.EngineRedis, Env: env}); err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("guest %s with %v", g.Instance, env)
+	}
 	const size = 2 << 30
 	rounds := 3
 	if v := os.Getenv("TROVE_BENCH_ROUNDS"); v != "" {
