@@ -518,8 +518,10 @@ func (a *Agent) runTool(ctx context.Context, j *execs.Job, p *execPlan, src sour
 					j.StdinBytes.Add(int64(n))
 				}
 				if rerr == io.EOF {
-					_ = inW.Close()
+					// The source is done first, then the tool sees EOF: it cannot exit before, so its
+					// exit is never taken for an early one.
 					endSource(nil)
+					_ = inW.Close()
 					return
 				}
 				if rerr != nil {

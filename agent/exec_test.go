@@ -112,6 +112,19 @@ func procGroupAlive(t *testing.T, pgid int) bool {
 	return false
 }
 
+// groupGone waits (briefly: SIGKILL is delivered asynchronously) until process group pgid is empty.
+func groupGone(t *testing.T, pgid int) bool {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for procGroupAlive(t, pgid) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
 // startTree starts a shell that records its pid (the process group's id) and waits on two sleeping
 // children; it returns the exec id and the pgid.
 func (h *harness) startTree(script string, timeoutMs int64) (string, int) {
@@ -152,7 +165,7 @@ func TestExecCancelKillsTheProcessGroup(t *testing.T) {
 	if r.Error == nil || r.Error.Code != errs.Cancelled || r.ExitCode != -1 || r.Signal == "" {
 		t.Fatalf("cancelled result %+v", r)
 	}
-	if procGroupAlive(t, pgid) {
+	if !groupGone(t, pgid) {
 		t.Fatalf("process group %d still has processes after cancel", pgid)
 	}
 	// The result stays available.
@@ -181,7 +194,7 @@ func TestExecTimeoutEscalatesToSIGKILL(t *testing.T) {
 	if took < 5*time.Second || took > 15*time.Second {
 		t.Fatalf("ended after %s; want the 0.5 s timeout plus the 5 s SIGTERM grace", took)
 	}
-	if procGroupAlive(t, pgid) {
+	if !groupGone(t, pgid) {
 		t.Fatalf("process group %d survived", pgid)
 	}
 }
@@ -221,7 +234,7 @@ func TestStopCancelsExecs(t *testing.T) {
 	if err := h.agent.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	if procGroupAlive(t, pgid) {
+	if !groupGone(t, pgid) {
 		t.Fatal("the agent stopped but its tool's process group lives on")
 	}
 	// The agent no longer answers: the caller gets an error, not a hang.

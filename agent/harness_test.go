@@ -93,7 +93,8 @@ func startNATS(t *testing.T) *server.Server {
 
 func connect(t *testing.T, srv *server.Server, opts ...nats.Option) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(srv.ClientURL(), append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}, opts...)...)
+	nc, err := nats.Connect(srv.ClientURL(), append([]nats.Option{nats.MaxReconnects(-1),
+		nats.ReconnectWait(100 * time.Millisecond), nats.Timeout(10 * time.Second)}, opts...)...) // a loaded shared machine
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,8 +43,10 @@ type Registry struct {
 	beats atomic.Int64
 	last  atomic.Value // error of the last beat (errBox)
 
-	stop chan struct{}
-	done chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
+	ctx     context.Context // cancelled by Stop: a beat in flight ends at once
+	cancelC context.CancelFunc
 }
 
 type errBox struct{ err error }
@@ -60,6 +62,7 @@ func Start(nc *nats.Conn, instance string, every time.Duration, snapshot Snapsho
 	}
 	r := &Registry{js: js, instance: instance, every: every, snapshot: snapshot, log: log.With("component", "registry"),
 		stop: make(chan struct{}), done: make(chan struct{})}
+	r.ctx, r.cancelC = context.WithCancel(context.Background())
 	r.last.Store(errBox{})
 	go r.loop()
 	return r, nil
@@ -92,7 +95,7 @@ func (r *Registry) loop() {
 
 // Beat writes the registration once.
 func (r *Registry) Beat() error {
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	ctx, cancel := context.WithTimeout(r.ctx, callTimeout)
 	defer cancel()
 	err := r.beat(ctx)
 	r.last.Store(errBox{err})
@@ -162,5 +165,6 @@ func (r *Registry) Stop() {
 	default:
 		close(r.stop)
 	}
+	r.cancelC()
 	<-r.done
 }
