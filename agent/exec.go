@@ -150,15 +150,18 @@ func (a *Agent) handleExec(ctx context.Context, req guestv1.ExecRequest) (guestv
 		a.metrics.exec(ctx, req.Tool, string(errs.CodeOf(err)))
 		return guestv1.ExecStarted{}, err
 	}
-	jctx := a.jobContext(ctx)
+	// The job's context ends with the job: a stdin receiver nobody drained is released with it.
+	jctx, endJob := context.WithCancel(a.jobContext(ctx))
 	var rcv *stream.Receiver
 	if req.Stdin.Mode == guestv1.StdinStream {
 		if rcv, err = stream.Listen(jctx, a.nc, a.cfg.Stream); err != nil {
 			slot.Release()
+			endJob()
 			return guestv1.ExecStarted{}, errs.Wrap(errs.Unavailable, err, "open the stdin stream")
 		}
 	}
 	job := a.table.Launch(jctx, slot, req.Tool, func(ctx context.Context, j *execs.Job) guestv1.ExecResult {
+		defer endJob()
 		return a.runExec(ctx, j, p, rcv)
 	})
 	a.log.Info("exec started", "exec_id", job.ID, "tool", req.Tool, "args", len(req.Args), "env", toolexec.EnvNames(req.Env),

@@ -245,3 +245,23 @@ func TestStopCancelsExecs(t *testing.T) {
 		t.Fatal("wait on a stopped agent hung")
 	}
 }
+
+// A streamed stdout whose exec fails before the tool starts, or whose tool fails, ends the caller's
+// receiver at once (not after its idle timeout), with the result's error or exit code.
+func TestRunToWriterEndsOnFailure(t *testing.T) {
+	h := newHarness(t, nil)
+	begin := time.Now()
+	var out bytes.Buffer
+	r, err := h.gc.RunToWriter(ctxFor(t, 30*time.Second), guestv1.ExecRequest{Tool: "cat",
+		Stdin: guestv1.StdinSpec{Mode: guestv1.StdinStorage, Storage: &guestv1.StorageRef{Key: "missing/object"}}}, nil, &out)
+	if err != nil || r.Error == nil || r.Error.Code != errs.NotFound {
+		t.Fatalf("missing input: %+v %v", r, err)
+	}
+	r, err = h.gc.RunToWriter(ctxFor(t, 30*time.Second), guestv1.ExecRequest{Tool: "sh", Args: []string{"-c", "echo partial; exit 4"}}, nil, &out)
+	if err != nil || r.ExitCode != 4 {
+		t.Fatalf("failing tool: %+v %v", r, err)
+	}
+	if d := time.Since(begin); d > 4*time.Second {
+		t.Fatalf("took %s: the receiver waited for its idle timeout", d)
+	}
+}

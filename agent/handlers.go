@@ -101,15 +101,18 @@ func (a *Agent) handleExtract(ctx context.Context, req guestv1.ExtractRequest) (
 		a.metrics.exec(ctx, extractTool, string(errs.CodeOf(err)))
 		return guestv1.ExecStarted{}, err
 	}
-	jctx := a.jobContext(ctx)
+	// The job's context ends with the job: a stdin receiver nobody drained is released with it.
+	jctx, endJob := context.WithCancel(a.jobContext(ctx))
 	var rcv *stream.Receiver
 	if req.Source == guestv1.SourceStream {
 		if rcv, err = stream.Listen(jctx, a.nc, a.cfg.Stream); err != nil {
 			slot.Release()
+			endJob()
 			return guestv1.ExecStarted{}, errs.Wrap(errs.Unavailable, err, "open the extract stream")
 		}
 	}
 	job := a.table.Launch(jctx, slot, extractTool, func(ctx context.Context, j *execs.Job) guestv1.ExecResult {
+		defer endJob()
 		return a.runExtract(ctx, j, req, dest, opts, rcv)
 	})
 	a.log.Info("extract started", "exec_id", job.ID, "path", dest.Full, "source", req.Source, "replace", req.Replace, "owner", req.Owner)

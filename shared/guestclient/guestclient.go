@@ -167,7 +167,13 @@ func (c *Client) RunToWriter(ctx context.Context, req guestv1.ExecRequest, stdin
 		<-copyErr //nolint:errcheck // waits for the copier; its error is secondary to the exec error returned
 		return r, err
 	}
-	if cerr := <-copyErr; cerr != nil && r.Error == nil {
+	if !r.OK() {
+		// A failed exec may never have dialled the stream (the tool did not start) or has aborted it: end
+		// the receiver now instead of waiting for its idle timeout. A successful exec's stream was finished
+		// before the agent reported the result.
+		rcv.Fail(errs.New(errs.Cancelled, "exec %s ended without a complete stdout", st.ExecID))
+	}
+	if cerr := <-copyErr; cerr != nil && r.Error == nil && r.ExitCode == 0 {
 		return r, cerr
 	}
 	return r, nil
