@@ -25,6 +25,7 @@ import (
 	"troveng.dev/shared/jobs"
 	"troveng.dev/shared/storageclient"
 	"troveng.dev/shared/stream"
+	"troveng.dev/shared/telemetry"
 )
 
 // The test binary doubles as the agent binary for the datagen tool: the allow-list runs
@@ -104,6 +105,12 @@ func connect(t *testing.T, srv *server.Server, opts ...nats.Option) *nats.Conn {
 
 func newHarness(t *testing.T, mod func(*Config)) *harness {
 	t.Helper()
+	return newHarnessTel(t, nil, mod)
+}
+
+// newHarnessTel is newHarness with the agent's telemetry.
+func newHarnessTel(t *testing.T, tel *telemetry.Telemetry, mod func(*Config)) *harness {
+	t.Helper()
 	h := &harness{t: t, srv: startNATS(t)}
 	h.data, h.config, h.storeFS = t.TempDir(), t.TempDir(), t.TempDir()
 	openDirs(t, h.data, h.config)
@@ -119,7 +126,7 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 		mod(&h.cfg)
 	}
 	h.agentNC = connect(t, h.srv, nats.CustomInboxPrefix(InboxPrefix(h.cfg.Instance)))
-	h.agent, err = Start(context.Background(), h.agentNC, nil, h.cfg)
+	h.agent, err = Start(context.Background(), h.agentNC, tel, h.cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
