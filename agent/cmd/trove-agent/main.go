@@ -157,16 +157,18 @@ func serve(args []string) error {
 		slog.Info("admin HTTP", "addr", addr)
 	}
 	slog.Info("trove-agent serving", "instance", cfg.Instance, "engine", cfg.Engine, "config", sc)
-	stopSignals() // RunUntilSignal takes over the signals
-	return service.RunUntilSignal(context.Background(), func(ctx context.Context) error {
-		var all []error
-		if adm != nil {
-			all = append(all, adm.Shutdown(ctx))
-		}
-		// Execs are cancelled (process groups killed), then the engine stops cleanly, then NATS drains.
-		all = append(all, a.Shutdown(ctx), service.Stopper(nil, nil, nc, tel)(ctx))
-		return errors.Join(all...)
-	})
+	<-ctx.Done()
+	stopSignals() // a second signal now kills the process the default way, for an operator who won't wait
+	slog.Info("stopping", "reason", context.Cause(ctx))
+	stopCtx, cancel := context.WithTimeout(context.Background(), service.StopTimeout)
+	defer cancel()
+	var all []error
+	if adm != nil {
+		all = append(all, adm.Shutdown(stopCtx))
+	}
+	// Execs are cancelled (process groups killed), then the engine stops cleanly, then NATS drains.
+	all = append(all, a.Shutdown(stopCtx), service.Stopper(nil, nil, nc, tel)(stopCtx))
+	return errors.Join(all...)
 }
 
 // applyMemoryLimit sets the Go runtime's soft memory limit: transfers keep a bounded working set (frames in
