@@ -579,8 +579,10 @@ func TestMemoryBounded(t *testing.T) {
 	o := Options{ArtifactID: "mem", Key: key1, FrameSize: 1 << 20, Workers: 2}
 	var werr error
 	var w *Writer
+	written := make(chan struct{}) // the writer goroutine's results are read only after it ended
 	n := allocated(func() {
 		go func() {
+			defer close(written)
 			var err error
 			w, err = NewWriter(pw, o)
 			if err == nil {
@@ -601,6 +603,7 @@ func TestMemoryBounded(t *testing.T) {
 		if err != nil || m != total {
 			t.Errorf("read %d bytes: %v", m, err)
 		}
+		<-written
 	})
 	if werr != nil {
 		t.Fatal(werr)
