@@ -5,7 +5,6 @@ package restore
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"strings"
 
@@ -16,8 +15,8 @@ import (
 	"troveng.dev/services/restore/internal/strategy"
 	"troveng.dev/shared/contract/backupv1"
 	"troveng.dev/shared/datakey"
-	"troveng.dev/shared/errs"
 	"troveng.dev/shared/jobs"
+	"troveng.dev/shared/jobs/jobsvc"
 	"troveng.dev/shared/service"
 	"troveng.dev/shared/stream"
 	"troveng.dev/shared/telemetry"
@@ -44,8 +43,7 @@ func Strategies() []string { return strategy.Names() }
 
 // Service is a running restore service replica.
 type Service struct {
-	runner *jobs.Runner
-	svc    *service.Service
+	svc *jobsvc.Service
 }
 
 // Start registers the endpoints on nc and starts the job workers. tel may be nil.
@@ -59,52 +57,25 @@ func Start(ctx context.Context, nc *nats.Conn, tel *telemetry.Telemetry, cfg Con
 		opts.Identities = ids
 	}
 	opts.Stream, opts.Logger = cfg.Stream, cfg.Logger
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, errs.Wrap(errs.Unavailable, err, "JetStream")
-	}
-	jo := cfg.Jobs
-	jo.Family = Family
-	runner, err := jobs.New(ctx, js, jo)
-	if err != nil {
-		return nil, err
-	}
-	var m *telemetry.Metrics
-	if tel != nil {
-		if m, err = telemetry.NewMetrics(tel.Meter()); err != nil {
-			return nil, errs.Wrap(errs.Internal, err, "metrics")
-		}
-	}
-	srv := server.New(nc, js, runner, m, opts)
-	svc, err := service.Start(nc, service.Spec{
-		Family:      Family,
-		Version:     Version,
-		Description: "Restores backups from the catalog into guests through their agents",
-		Endpoints:   srv.Endpoints(),
-		Metadata:    map[string]string{"strategies": strings.Join(Strategies(), ",")},
-	}, tel, m)
+	svc, err := jobsvc.Start(ctx, nc, tel, jobsvc.Spec{
+		Family: Family, Version: Version, Description: "Restores backups from the catalog into guests through their agents",
+		Metadata: map[string]string{"strategies": strings.Join(Strategies(), ",")},
+		Jobs:     cfg.Jobs,
+		Endpoints: func(js jetstream.JetStream, runner *jobs.Runner, m *telemetry.Metrics) []service.Endpoint {
+			return server.New(nc, js, runner, m, opts).Endpoints()
+		},
+	})
 	if err != nil {
 		return nil, err
 	}
-	if err := runner.Start(ctx); err != nil {
-		_ = svc.Stop()
-		return nil, err
-	}
-	return &Service{runner: runner, svc: svc}, nil
+	return &Service{svc: svc}, nil
 }
 
 // Info is what /v1/info shows beyond the service name and version.
 func (s *Service) Info() any { return map[string]any{"strategies": Strategies()} }
 
 // Micro exposes the micro service.
-func (s *Service) Micro() *service.Service { return s.svc }
+func (s *Service) Micro() *service.Service { return s.svc.Micro() }
 
 // Stop stops taking requests and jobs; running jobs are handed back for another replica to take over.
-func (s *Service) Stop() error {
-	var all []error
-	if err := s.svc.Stop(); err != nil {
-		all = append(all, err)
-	}
-	s.runner.Stop()
-	return errors.Join(all...)
-}
+func (s *Service) Stop() error { return s.svc.Stop() }

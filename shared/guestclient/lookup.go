@@ -3,6 +3,7 @@ package guestclient
 import (
 	"context"
 	"errors"
+	"io"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -53,4 +54,56 @@ func CallerPublish() []string {
 		"$JS.API.STREAM.INFO." + stream,
 		"$JS.API.DIRECT.GET." + stream + ".$KV." + guestv1.RegistryBucket + ".>",
 	}
+}
+
+// Execer is what RunPolling needs of a guest (*Client has it; strategies define it in their own interfaces).
+type Execer interface {
+	Exec(ctx context.Context, req guestv1.ExecRequest) (guestv1.ExecStarted, error)
+	WaitOnce(ctx context.Context, execID string, wait time.Duration) (guestv1.ExecResult, error)
+	Cancel(ctx context.Context, execID string) (guestv1.ExecResult, error)
+}
+
+// RunPolling execs req (no streamed stdin) and waits for it, calling onPoll with every result (byte counts
+// for a progress bar) at most every interval, and turns a failed tool into an error (Check). If ctx ends
+// first the exec is cancelled on the guest, so a cancelled job leaves no tool running.
+func RunPolling(ctx context.Context, g Execer, req guestv1.ExecRequest, every time.Duration, onPoll func(guestv1.ExecResult)) (guestv1.ExecResult, error) {
+	st, err := g.Exec(ctx, req)
+	if err != nil {
+		return guestv1.ExecResult{}, err
+	}
+	for {
+		r, err := g.WaitOnce(ctx, st.ExecID, every)
+		if err != nil {
+			if ctx.Err() != nil {
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				_, _ = g.Cancel(cctx, st.ExecID)
+				cancel()
+				return r, errs.Wrap(errs.CodeOf(ctx.Err()), ctx.Err(), "%s on the guest", req.Tool)
+			}
+			return r, err
+		}
+		if onPoll != nil {
+			onPoll(r)
+		}
+		if r.Done {
+			return r, Check(r)
+		}
+	}
+}
+
+// Runner is what Capture needs of a guest.
+type Runner interface {
+	Run(ctx context.Context, req guestv1.ExecRequest, stdin io.Reader) (guestv1.ExecResult, error)
+}
+
+// Capture runs a small command and returns its stdout (versions, lists, positions).
+func Capture(ctx context.Context, g Runner, tool string, args ...string) (string, error) {
+	r, err := g.Run(ctx, guestv1.ExecRequest{Tool: tool, Args: args, Stdout: guestv1.StdoutSpec{Mode: guestv1.StdoutCapture}}, nil)
+	if err != nil {
+		return "", err
+	}
+	if err := Check(r); err != nil {
+		return "", err
+	}
+	return string(r.Stdout), nil
 }

@@ -20,7 +20,6 @@ import (
 	"troveng.dev/shared/datakey"
 	"troveng.dev/shared/errs"
 	"troveng.dev/shared/jobs"
-	"troveng.dev/shared/jobs/jobsvc"
 	"troveng.dev/shared/service"
 	"troveng.dev/shared/storageclient"
 	"troveng.dev/shared/stream"
@@ -76,7 +75,7 @@ func (s *Server) Endpoints() []service.Endpoint {
 		{Name: backupv1.OpDelete, Handler: service.JSON(s.delete), Mutating: true},
 		{Name: backupv1.OpPrune, Handler: service.JSON(s.prune), Mutating: true},
 	}
-	return append(eps, jobsvc.Endpoints(s.jobs)...)
+	return eps
 }
 
 // create submits a backup job. The job id is the backup id.

@@ -23,7 +23,6 @@ import (
 	"troveng.dev/shared/errs"
 	"troveng.dev/shared/guestclient"
 	"troveng.dev/shared/jobs"
-	"troveng.dev/shared/jobs/jobsvc"
 	"troveng.dev/shared/service"
 	"troveng.dev/shared/storageclient"
 	"troveng.dev/shared/stream"
@@ -64,7 +63,7 @@ func New(nc *nats.Conn, js jetstream.JetStream, runner *jobs.Runner, m *telemetr
 // Endpoints lists the service's micro endpoints.
 func (s *Server) Endpoints() []service.Endpoint {
 	eps := []service.Endpoint{{Name: backupv1.OpRestore, Handler: service.JSON(s.restore), Mutating: true}}
-	return append(eps, jobsvc.Endpoints(s.jobs)...)
+	return eps
 }
 
 // restore submits a restore job after the checks that need no guest: the backup exists and is COMPLETED.
