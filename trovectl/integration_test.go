@@ -4,12 +4,14 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"net"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -110,14 +112,18 @@ func TestIntegrationGuestRedis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	upLog := &lockedBuffer{}
+	up.Stderr = upLog
 	if err := up.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = up.Process.Signal(syscall.SIGINT); _ = up.Wait() })
-	serving := make(chan struct{})
+	serving, ended := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(ended)
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
+			upLog.Write([]byte(sc.Text() + "\n"))
 			if strings.Contains(sc.Text(), "Serving until Ctrl-C") {
 				close(serving)
 			}
@@ -125,8 +131,10 @@ func TestIntegrationGuestRedis(t *testing.T) {
 	}()
 	select {
 	case <-serving:
+	case <-ended:
+		t.Fatalf("trovectl up ended before serving; its output:\n%s", upLog)
 	case <-time.After(60 * time.Second):
-		t.Fatal("trovectl up not serving after 60s")
+		t.Fatalf("trovectl up not serving after 60s; its output:\n%s", upLog)
 	}
 
 	id := fmt.Sprintf("it-redis-%d", time.Now().UnixNano()%1_000_000)
@@ -160,6 +168,24 @@ func TestIntegrationGuestRedis(t *testing.T) {
 	if err := exec.Command(cli, "inspect", "trove-guest-"+id).Run(); err == nil {
 		t.Fatal("the container is still there after guest stop")
 	}
+}
+
+// lockedBuffer collects a child's stdout and stderr, written from two goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func freeTCPPort(t *testing.T) string {
