@@ -123,7 +123,7 @@ func TestIntegrationGuestRedis(t *testing.T) {
 		defer close(ended)
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			upLog.Write([]byte(sc.Text() + "\n"))
+			_, _ = upLog.Write([]byte(sc.Text() + "\n"))
 			if strings.Contains(sc.Text(), "Serving until Ctrl-C") {
 				close(serving)
 			}
