@@ -8,7 +8,8 @@
 #      RLIMIT_NOFILE here) and [engine] runtime = "runc" (crun rejects the hybrid cgroup layout);
 #   3. the Docker-compatible API service on $TROVE_PODMAN_SOCK for testcontainers-go, left running;
 #   4. the base image localhost/debian:bookworm, made with debootstrap and `podman import`,
-#      because no registry can be reached.
+#      because no registry can be reached;
+#   5. host-port DNAT rules netavark left for containers that are gone are removed.
 # Finally it prints the environment the tests need and writes it to bin/containers.env
 # (`set -a; . bin/containers.env; set +a` in a script).
 set -euo pipefail
@@ -139,6 +140,21 @@ if ! podman image exists "$BASE_IMAGE"; then
 	rm -rf "$rootfs"
 	trap - EXIT
 	say "base image $BASE_IMAGE built in $(since "$t") ($(podman image inspect --format '{{.Size}}' "$BASE_IMAGE" | awk '{ printf "%d MB", $1 / 1e6 }'))"
+fi
+
+# 5. Host-port DNAT rules that netavark left behind for containers that no longer exist. They send every
+#    local connection to their port to a dead container address, so a test server that later binds such a
+#    port is unreachable ("dial tcp 127.0.0.1:PORT: i/o timeout"). Only rules whose container is gone go.
+if command -v iptables >/dev/null && iptables -t nat -S NETAVARK-HOSTPORT-DNAT >/dev/null 2>&1; then
+	live=" $(podman ps -a -q --no-trunc | tr '\n' ' ') "
+	stale=0
+	while IFS= read -r rule; do
+		id=$(sed -n 's/.* id: \([0-9a-f]\{64\}\).*/\1/p' <<<"$rule")
+		[ -n "$id" ] && [[ $live != *" $id "* ]] || continue
+		eval "set -- ${rule#-A }" # the rule as iptables printed it, quotes and all, back into words
+		iptables -t nat -D "$@" && stale=$((stale + 1))
+	done < <(iptables -t nat -S NETAVARK-HOSTPORT-DNAT | grep '^-A ')
+	[ "$stale" -eq 0 ] || say "removed $stale stale host-port DNAT rules of containers that are gone"
 fi
 
 say "podman $(podman version --format '{{.Client.Version}}') ready (runtime runc, socket $SOCK, base $BASE_IMAGE)"
