@@ -317,7 +317,7 @@ func (a *Agent) runExec(ctx context.Context, j *execs.Job, p *execPlan, rcv *str
 		src = streamSource{rcv}
 	case guestv1.StdinStorage:
 		tctx, tspan := a.tracer.Start(ctx, "guest.exec.transfer", trace.WithAttributes(attribute.String("guest.direction", "in")))
-		d, err := transfer.StartDownload(tctx, a.storage, *p.req.Stdin.Storage, p.limit)
+		d, err := transfer.StartDownload(tctx, a.storage, *p.req.Stdin.Storage, p.limit, a.onResume(tctx, p.req.Stdin.Storage.Key))
 		if err != nil {
 			tspan.End()
 			res.Error = errs.From(err)

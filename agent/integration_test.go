@@ -372,6 +372,77 @@ func TestIntegrationExecStdoutToStorageAndBack(t *testing.T) {
 
 // Files under the roots: write, read, stat, list, remove, and tar extract (from a stream), as the
 // caller sees them and as they are inside the guest.
+// TestIntegrationDownloadResumesAcrossStorageRestart: the storage service restarts while the agent feeds
+// a framed artifact from it into a tool's stdin. The agent gets the rest from the first byte it had not
+// taken, so the tool sees one unbroken stream: sha256sum's result is the artifact's, exactly.
+func TestIntegrationDownloadResumesAcrossStorageRestart(t *testing.T) {
+	s := getSuite(t)
+	g := s.guest(t, guestv1.EngineRedis)
+	ctx := timeout(t, 3*time.Minute)
+	const size = 256 << 20
+	const seed = 43
+	want := make(chan string, 1)
+	go func() {
+		h := sha256.New()
+		_, _ = io.Copy(h, io.LimitReader(datagen.New(seed), size))
+		want <- hex.EncodeToString(h.Sum(nil))
+	}()
+	key := newKey(t)
+	objKey := "it/resume/" + g.Instance + "/dump.frames"
+	frames := &guestv1.FrameSpec{Codec: "zstd", Level: 1, ArtifactID: "exec-it-resume", Key: key}
+	res, err := g.Client.Run(ctx, guestv1.ExecRequest{
+		Tool:   "datagen",
+		Args:   []string{"-bytes", "256MiB", "-seed", fmt.Sprint(seed)},
+		Stdout: guestv1.StdoutSpec{Mode: guestv1.StdoutStorage, Storage: &guestv1.StorageRef{Key: objKey, Frames: frames}},
+	}, nil)
+	if err != nil || guestclient.Check(res) != nil {
+		t.Fatalf("datagen to storage: %v %v %+v", err, guestclient.Check(res), res)
+	}
+	stored := res.Artifact.Size
+
+	// About 6 s of transfer at the limit; the restart comes after 2 s, mid-way.
+	limit := stored / 6
+	type result struct {
+		res guestv1.ExecResult
+		err error
+		at  time.Time
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := g.Client.Run(ctx, guestv1.ExecRequest{
+			Tool:           "sha256sum",
+			Stdin:          guestv1.StdinSpec{Mode: guestv1.StdinStorage, Storage: &guestv1.StorageRef{Key: objKey, Frames: frames}},
+			Stdout:         guestv1.StdoutSpec{Mode: guestv1.StdoutCapture},
+			BandwidthLimit: limit,
+		}, nil)
+		done <- result{r, err, time.Now()}
+	}()
+	time.Sleep(2 * time.Second)
+	if err := s.storage.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // no storage service at all for a second
+	svc, err := storage.Start(ctx, s.kit.Conn(), nil, storage.Config{Strategy: "fs", Options: map[string]string{"root": s.fsRoot}})
+	if err != nil {
+		t.Fatalf("restart storage: %v", err)
+	}
+	restarted := time.Now()
+	s.storage = svc
+
+	r := <-done
+	if r.err != nil || guestclient.Check(r.res) != nil {
+		t.Fatalf("sha256sum from storage across its restart: %v %v %+v", r.err, guestclient.Check(r.res), r.res)
+	}
+	if !r.at.After(restarted) {
+		t.Fatalf("the transfer ended at %s, before the storage service came back (%s): the restart was not mid-transfer", r.at, restarted)
+	}
+	got, _, _ := strings.Cut(strings.TrimSpace(string(r.res.Stdout)), " ")
+	if w := <-want; got != w || r.res.StdinBytes != size {
+		t.Fatalf("sha256sum in the guest %s of %d bytes; datagen's output has %s", got, r.res.StdinBytes, w)
+	}
+	t.Logf("%d stored bytes at %d B/s: resumed across the restart, finished %s after it", stored, limit, r.at.Sub(restarted).Round(time.Millisecond))
+}
+
 func TestIntegrationFilesAndExtract(t *testing.T) {
 	s := getSuite(t)
 	g := s.guest(t, guestv1.EngineRedis)

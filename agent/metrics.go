@@ -5,6 +5,7 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"troveng.dev/shared/errs"
 	"troveng.dev/shared/telemetry"
@@ -12,11 +13,13 @@ import (
 
 // metrics are the agent's own instruments besides the shared request and byte counters. Prometheus names:
 // trove_guest_execs_total{tool,outcome} (outcome: ok, exit_nonzero, or the error code; refused requests
-// count with the code of the refusal) and trove_guest_busy_total{op} (requests refused past MaxExecs).
+// count with the code of the refusal) and trove_guest_busy_total{op} (requests refused past MaxExecs) and trove_guest_resumes_total (downloads
+// resumed mid-transfer).
 type metrics struct {
 	common *telemetry.Metrics
 	execs  metric.Int64Counter
 	busy   metric.Int64Counter
+	resume metric.Int64Counter
 }
 
 func newMetrics(tel *telemetry.Telemetry) (*metrics, error) {
@@ -35,6 +38,10 @@ func newMetrics(tel *telemetry.Telemetry) (*metrics, error) {
 	if m.busy, err = tel.Meter().Int64Counter("trove.guest.busy",
 		metric.WithDescription("Requests refused because the guest's exec limit was reached, by operation.")); err != nil {
 		return nil, errs.Wrap(errs.Internal, err, "telemetry: create trove.guest.busy")
+	}
+	if m.resume, err = tel.Meter().Int64Counter("trove.guest.resumes",
+		metric.WithDescription("Storage downloads resumed after the storage service or the link to it failed mid-transfer.")); err != nil {
+		return nil, errs.Wrap(errs.Internal, err, "telemetry: create trove.guest.resumes")
 	}
 	return m, nil
 }
@@ -59,6 +66,24 @@ func (m *metrics) refusedBusy(ctx context.Context, op string) {
 	m.busy.Add(ctx, 1, metric.WithAttributeSet(attribute.NewSet(attribute.String("op", op))))
 }
 
+func (m *metrics) resumed(ctx context.Context) {
+	if m.resume == nil {
+		return
+	}
+	m.resume.Add(ctx, 1)
+}
+
 func (m *metrics) bytes(ctx context.Context, op, direction string, n int64) {
 	m.common.Bytes(ctx, op, direction, n)
+}
+
+// onResume is the hook of a storage download that resumed mid-transfer: logged, on the transfer's span,
+// and counted. Why it resumed (the storage service's error) is safe to log: errors carry no secrets.
+func (a *Agent) onResume(ctx context.Context, key string) func(offset int64, cause error) {
+	return func(offset int64, cause error) {
+		a.log.Warn("storage download resumed", "key", key, "offset", offset, "cause", cause)
+		trace.SpanFromContext(ctx).AddEvent("resumed", trace.WithAttributes(
+			attribute.Int64("trove.offset", offset), attribute.String("trove.cause", string(errs.CodeOf(cause)))))
+		a.metrics.resumed(ctx)
+	}
 }

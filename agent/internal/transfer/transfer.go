@@ -300,7 +300,13 @@ func (f *firstWrite) Write(p []byte) (int, error) {
 
 // StartDownload begins reading ref from storage and returns once the storage service started sending (a
 // missing artifact fails before the tool runs). Read the bytes, then End.
-func StartDownload(ctx context.Context, sc *storageclient.Client, ref guestv1.StorageRef, limit *ratelimit.Limiter) (*Download, error) {
+//
+// A framed artifact's transfer survives the storage service restarting (or the link to it failing)
+// mid-way: the rest is fetched from the first byte not yet taken (storageclient.GetResumable), so the
+// tool reading it never notices; onResume, if not nil, hears of each resume. Every frame is
+// authenticated and the index hashed, so the spliced transfer is checked end to end. A raw artifact is
+// not resumed: only a whole-object get is checked against its recorded SHA-256.
+func StartDownload(ctx context.Context, sc *storageclient.Client, ref guestv1.StorageRef, limit *ratelimit.Limiter, onResume func(offset int64, cause error)) (*Download, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	pr, pw := io.Pipe()
 	fw := &firstWrite{w: pw, open: make(chan struct{})}
@@ -308,9 +314,12 @@ func StartDownload(ctx context.Context, sc *storageclient.Client, ref guestv1.St
 	go func() {
 		var err error
 		w := ratelimit.Writer(ctx, fw, limit)
-		if ref.Direct {
+		switch {
+		case ref.Frames != nil:
+			_, _, err = sc.GetResumable(ctx, ref.Key, w, storageclient.Resume{Direct: ref.Direct, OnResume: onResume})
+		case ref.Direct:
 			_, err = sc.GetDirect(ctx, ref.Key, 0, 0, w)
-		} else {
+		default:
 			_, err = sc.Get(ctx, ref.Key, 0, 0, w, nil)
 		}
 		if err != nil {
