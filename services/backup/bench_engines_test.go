@@ -427,13 +427,17 @@ func (e *engBench) agentHWM(g *testkit.Guest, pid int) int64 {
 	return n
 }
 
-// cpuSnapshot: CPU seconds so far of the services, the agents (with their reaped children: the tools) and
-// this process (NATS server, versitygw's client side is not here: versitygw is a child of this process and
-// counted once it is reaped, i.e. not at all during the run).
+// cpuSnapshot: CPU seconds so far of the services, versitygw, the agents (with their reaped children: the
+// tools) and this process (the embedded NATS server, the harness's polling).
 func (e *engBench) cpuSnapshot(srcPID, dstPID int) map[string]float64 {
 	m := map[string]float64{"test process (NATS)": engSelfCPU()}
 	for name, p := range e.procs {
 		m[name] = p.cpu()
+	}
+	if pid := engChildPID("versitygw"); pid > 0 {
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+			m["versitygw"] = engStatCPU(string(b))
+		}
 	}
 	for name, gp := range map[string]struct {
 		g   *testkit.Guest
@@ -451,14 +455,36 @@ func (e *engBench) cpuSnapshot(srcPID, dstPID int) map[string]float64 {
 // sh runs a bash script in the guest (the harness: podman exec, outside the agent) and returns stdout.
 func (e *engBench) sh(g *testkit.Guest, script string, args ...string) string {
 	e.b.Helper()
+	out, err := e.shErr(g, script, args...)
+	if err != nil {
+		e.b.Fatal(err)
+	}
+	return out
+}
+
+// shErr is sh for goroutines (which must not call Fatal).
+func (e *engBench) shErr(g *testkit.Guest, script string, args ...string) (string, error) {
 	r, err := g.Exec(e.ctx, append([]string{"bash", "-c", "set -euo pipefail\n" + script, "bash"}, args...)...)
 	if err != nil {
-		e.b.Fatalf("%s: %v", g.Instance, err)
+		return "", fmt.Errorf("%s: %w", g.Instance, err)
 	}
 	if r.Code != 0 {
-		e.b.Fatalf("%s: exit %d running\n%s\nstdout: %s\nstderr: %s", g.Instance, r.Code, script, engTail(r.Stdout), engTail(r.Stderr))
+		return "", fmt.Errorf("%s: exit %d running\n%s\nstdout: %s\nstderr: %s", g.Instance, r.Code, script, engTail(r.Stdout), engTail(r.Stderr))
 	}
-	return string(r.Stdout)
+	return string(r.Stdout), nil
+}
+
+// parallel runs two loaders at once (one session keeps one core busy) and fails on the first error.
+func (e *engBench) parallel(load func(i int) error) {
+	errc := make(chan error, 2)
+	for i := range 2 {
+		go func() { errc <- load(i) }()
+	}
+	for range 2 {
+		if err := <-errc; err != nil {
+			e.b.Fatal(err)
+		}
+	}
 }
 
 // timed runs a bash pipeline in the guest under bash's `time` and returns its wall time (measured here),
@@ -512,16 +538,10 @@ func (m engMariaDB) grow(e *engBench, g *testkit.Guest, size int64) int64 {
 			// InnoDB's statistics lag behind; what matters is the files.
 			return have
 		}
-		// Two tables at a time: one session is one core busy.
-		var wg sync.WaitGroup
-		for i := range 2 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				e.sh(g, `mariadb -e "$1"`, "USE bench; "+engMariaDBTable(tables+i+1, rows)+fmt.Sprintf(" ANALYZE TABLE bench.t_%03d;", tables+i+1))
-			}()
-		}
-		wg.Wait()
+		e.parallel(func(i int) error {
+			_, err := e.shErr(g, `mariadb -e "$1"`, "USE bench; "+engMariaDBTable(tables+i+1, rows)+fmt.Sprintf(" ANALYZE TABLE bench.t_%03d;", tables+i+1))
+			return err
+		})
 	}
 }
 
@@ -565,8 +585,10 @@ func (m engMariaDB) baselines(e *engBench, g *testkit.Guest) []engTiming {
 
 type engPostgreSQL struct{}
 
+const engPSQL = `runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 -h /run/postgresql -d bench -c "$1"`
+
 func (engPostgreSQL) psql(e *engBench, g *testkit.Guest, sql string) string {
-	return e.sh(g, `runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 -h /run/postgresql -d bench -c "$1"`, sql)
+	return e.sh(g, engPSQL, sql)
 }
 
 // engPGTable is the PostgreSQL twin of engMariaDBTable (~190 bytes a row on disk with its primary key).
@@ -579,7 +601,7 @@ INSERT INTO t_%03[1]d SELECT i, (i * 7919) %% 1000003, i %% 97, round((i %% 1000
   concat_ws(' ', (ARRAY['alpha', 'bravo', 'charlie', 'delta', 'echo', 'foxtrot', 'golf', 'hotel'])[1 + i %% 8], 'order', i, 'for customer', (i * 7919) %% 1000003,
     (ARRAY['express', 'standard', 'pickup', 'freight', 'gift wrapped', 'priority'])[1 + (i / 8) %% 6], 'note', %[1]d),
   md5(i || '-' || %[1]d), gen_random_bytes(32)
-FROM generate_series(1, %[2]d) i;
+FROM generate_series(1::bigint, %[2]d) i;
 ALTER TABLE t_%03[1]d ADD PRIMARY KEY (id);
 CREATE INDEX ON t_%03[1]d (customer);
 ANALYZE t_%03[1]d;`, n, rows)
@@ -601,12 +623,10 @@ runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -h /run/postgresql -d postg
 			p.psql(e, g, "CHECKPOINT")
 			return have
 		}
-		var wg sync.WaitGroup
-		for i := range 2 {
-			wg.Add(1)
-			go func() { defer wg.Done(); p.psql(e, g, engPGTable(tables+i+1, rows)) }()
-		}
-		wg.Wait()
+		e.parallel(func(i int) error {
+			_, err := e.shErr(g, engPSQL, engPGTable(tables+i+1, rows))
+			return err
+		})
 	}
 }
 
@@ -707,12 +727,12 @@ func (e *engBench) report() {
 	}
 	for _, n := range names {
 		bk, rs := byName[n]["backup"], byName[n]["restore"]
-		fmt.Fprintf(&sb, "| %s | %.1f | %.0f | %.1f | %.0f | %s | %.1f | %.1f |\n", n, bk.wall.Seconds(), engRate(last.raw, bk.wall), rs.wall.Seconds(), engRate(last.raw, rs.wall), engMB(bk.stored), bk.cpu, rs.cpu)
+		fmt.Fprintf(&sb, "| %s | %.1f | %.0f | %.1f | %.0f | %s | %.1f | %.1f |\n", engCell(n), bk.wall.Seconds(), engRate(last.raw, bk.wall), rs.wall.Seconds(), engRate(last.raw, rs.wall), engMB(bk.stored), bk.cpu, rs.cpu)
 	}
 	sb.WriteString("\nRatios (services MB/s / baseline MB/s, i.e. baseline time / services time):\n\n| baseline | backup ratio | restore ratio |\n|---|---:|---:|\n")
 	for _, n := range names {
 		bk, rs := byName[n]["backup"], byName[n]["restore"]
-		fmt.Fprintf(&sb, "| %s | %.2f | %.2f |\n", n, bk.wall.Seconds()/last.backup.Seconds(), rs.wall.Seconds()/last.restore.Seconds())
+		fmt.Fprintf(&sb, "| %s | %.2f | %.2f |\n", engCell(n), bk.wall.Seconds()/last.backup.Seconds(), rs.wall.Seconds()/last.restore.Seconds())
 	}
 	sb.WriteString("\nPer size (fresh service processes and agents for each):\n\n| size | data | raw | stored | generate s | backup s | backup MB/s | restore s | restore MB/s | identical |")
 	keys := []string{"storage", "backup", "restore", "agent (source)", "agent (target)"}
@@ -788,11 +808,37 @@ func engRound(m map[string]float64) map[string]string {
 	return out
 }
 
+// engCell escapes a Markdown table cell.
+func engCell(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+
 func engTail(b []byte) string {
 	if len(b) > 3000 {
 		b = b[len(b)-3000:]
 	}
 	return string(b)
+}
+
+// engChildPID is the pid of this process's child whose command name is comm (0: none).
+func engChildPID(comm string) int {
+	dirs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	self := os.Getpid()
+	for _, d := range dirs {
+		b, err := os.ReadFile(d)
+		if err != nil {
+			continue
+		}
+		st := string(b)
+		open, end := strings.IndexByte(st, '('), strings.LastIndexByte(st, ')')
+		if open < 0 || end < open || st[open+1:end] != comm {
+			continue
+		}
+		f := strings.Fields(st[end+1:])
+		if len(f) > 1 && f[1] == strconv.Itoa(self) {
+			pid, _ := strconv.Atoi(strings.Fields(st)[0])
+			return pid
+		}
+	}
+	return 0
 }
 
 func engLoadavg() string {
