@@ -126,6 +126,20 @@ func CodeOf(err error) Code {
 	return Internal
 }
 
+// CodeOfContext is the code of an ended context: its cause's code when the cause is a coded error (a service
+// that stops ends its work with Unavailable, so a client retries instead of taking it for a cancellation on
+// request), else Cancelled or Timeout. "" while ctx has not ended.
+func CodeOfContext(ctx context.Context) Code {
+	if ctx.Err() == nil {
+		return ""
+	}
+	var e *Error
+	if errors.As(context.Cause(ctx), &e) {
+		return e.Code
+	}
+	return CodeOf(ctx.Err())
+}
+
 // From converts any error to a coded one (see CodeOf); a coded error is returned as is.
 func From(err error) *Error {
 	if err == nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"testing"
 )
@@ -73,5 +74,37 @@ func TestIsAndUnwrap(t *testing.T) {
 	}
 	if From(nil) != nil || From(err) != err || From(errors.New("p")).Code != Internal {
 		t.Fatal("From")
+	}
+}
+
+func TestCodeOfContext(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	if c := CodeOfContext(ctx); c != "" {
+		t.Fatalf("live context: %q", c)
+	}
+	cancel(Unavailablef("the service is stopping"))
+	if c := CodeOfContext(ctx); c != Unavailable {
+		t.Fatalf("coded cause: %q", c)
+	}
+	child, stop := context.WithCancel(ctx)
+	defer stop()
+	if c := CodeOfContext(child); c != Unavailable {
+		t.Fatalf("a child of a context ended with a coded cause: %q", c)
+	}
+	plain, cancelPlain := context.WithCancel(context.Background())
+	cancelPlain()
+	if c := CodeOfContext(plain); c != Cancelled {
+		t.Fatalf("plain cancel: %q", c)
+	}
+	uncoded, cancelUncoded := context.WithCancelCause(context.Background())
+	cancelUncoded(io.EOF)
+	if c := CodeOfContext(uncoded); c != Cancelled {
+		t.Fatalf("uncoded cause: %q", c)
+	}
+	dl, cancelDL := context.WithTimeout(context.Background(), 0)
+	defer cancelDL()
+	<-dl.Done()
+	if c := CodeOfContext(dl); c != Timeout {
+		t.Fatalf("deadline: %q", c)
 	}
 }

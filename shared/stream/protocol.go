@@ -233,8 +233,7 @@ func (l *link) watch(side string, ping func(), fail func(err error, notify bool)
 		case <-l.stop:
 			return
 		case <-l.ctx.Done():
-			err := context.Cause(l.ctx)
-			fail(errs.Wrap(errs.CodeOf(l.ctx.Err()), err, "stream: the %s's context ended", side), true)
+			fail(errs.Wrap(errs.CodeOfContext(l.ctx), context.Cause(l.ctx), "stream: the %s's context ended", side), true)
 			return
 		case st, ok := <-l.status:
 			if !ok { // listener removed by shutdown

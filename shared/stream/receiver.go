@@ -57,7 +57,7 @@ func Listen(ctx context.Context, nc *nats.Conn, opts Options) (*Receiver, error)
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, errs.Wrap(errs.CodeOf(err), context.Cause(ctx), "stream: not listening")
+		return nil, errs.Wrap(errs.CodeOfContext(ctx), context.Cause(ctx), "stream: not listening")
 	}
 	opts.ChunkSize = 0 // the sender's applies
 	opts, err := opts.withDefaults(nc)

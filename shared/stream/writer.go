@@ -54,7 +54,7 @@ func Dial(ctx context.Context, nc *nats.Conn, subject string, opts Options) (*Wr
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, errs.Wrap(errs.CodeOf(err), context.Cause(ctx), "stream: not dialled")
+		return nil, errs.Wrap(errs.CodeOfContext(ctx), context.Cause(ctx), "stream: not dialled")
 	}
 	if subject == "" {
 		return nil, errs.BadRequestf("stream: no receiver subject to dial")
