@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -632,4 +633,60 @@ func TestAdminRoutes(t *testing.T) {
 	if code, _ := do("GET", "/readyz", ""); code != 200 {
 		t.Fatalf("readyz: %d", code)
 	}
+}
+
+// TestStopEndsTransfersUnavailable: a put in flight when the service stops fails with unavailable (retry
+// elsewhere or later), not cancelled, which a client would take for its own cancellation; nothing is stored.
+func TestStopEndsTransfersUnavailable(t *testing.T) {
+	st := startStack(t, "fs", nil)
+	ctx, cancel := context.WithCancel(ctxT(t))
+	defer cancel()
+	r := &slowReader{ctx: ctx, left: 1 << 30, started: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.client.Put(ctx, "stopped/mid-put", r, nil)
+		done <- err
+	}()
+	<-r.started
+	time.Sleep(200 * time.Millisecond) // bytes are moving
+	if err := st.svc.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		wantCode(t, err, errs.Unavailable)
+		t.Logf("put: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the put did not end when the service stopped")
+	}
+	if es, _ := os.ReadDir(filepath.Join(st.root, "tmp")); len(es) != 0 {
+		t.Fatalf("partial put left in tmp/: %d", len(es))
+	}
+	if _, err := os.Stat(filepath.Join(st.root, "objects", "dstopped", "fmid-put")); !os.IsNotExist(err) {
+		t.Fatalf("the interrupted put was stored: %v", err)
+	}
+}
+
+// slowReader yields 16 KiB every millisecond until left runs out or ctx ends.
+type slowReader struct {
+	ctx     context.Context
+	left    int
+	started chan struct{}
+	once    sync.Once
+}
+
+func (r *slowReader) Read(p []byte) (int, error) {
+	r.once.Do(func() { close(r.started) })
+	if r.left == 0 {
+		return 0, io.EOF
+	}
+	select {
+	case <-r.ctx.Done():
+		return 0, r.ctx.Err()
+	case <-time.After(time.Millisecond):
+	}
+	n := min(len(p), 16<<10, r.left)
+	clear(p[:n])
+	r.left -= n
+	return n, nil
 }

@@ -223,7 +223,7 @@ func putError(ctx context.Context, key string, err error) error {
 		return nil
 	}
 	if ctx.Err() != nil {
-		return errs.Wrap(errs.CodeOf(ctx.Err()), ctx.Err(), "put %q abandoned, nothing stored", key)
+		return errs.Wrap(errs.CodeOfContext(ctx), context.Cause(ctx), "put %q abandoned, nothing stored", key)
 	}
 	var re *readerError
 	if errors.As(err, &re) {

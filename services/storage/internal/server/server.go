@@ -49,7 +49,7 @@ type Server struct {
 	slots chan struct{} // one token per stream in flight
 	wg    sync.WaitGroup
 	ctx   context.Context // parent of stream goroutines; cancelled by Close
-	stop  context.CancelFunc
+	stop  context.CancelCauseFunc
 }
 
 // New makes a Server and registers its job kinds on runner (which the caller starts).
@@ -57,7 +57,7 @@ func New(nc *nats.Conn, be backend.Backend, runner *jobs.Runner, m *telemetry.Me
 	if opts.MaxStreams <= 0 {
 		opts.MaxStreams = defaultMaxStreams
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancelCause(context.Background())
 	s := &Server{
 		nc: nc, be: be, opts: opts, jobs: runner, metrics: m,
 		tracer: otel.Tracer("troveng.dev/services/storage"),
@@ -90,9 +90,10 @@ func (s *Server) Endpoints() []service.Endpoint {
 	}
 }
 
-// Close cancels streams in flight and waits for their goroutines.
+// Close cancels streams in flight and waits for their goroutines. Their clients get errs.Unavailable: the
+// transfer did not fail on its own merits, and another replica (or this one, restarted) can take it again.
 func (s *Server) Close() {
-	s.stop()
+	s.stop(errs.Unavailablef("the storage service is stopping; retry the transfer"))
 	s.wg.Wait()
 }
 
