@@ -2,6 +2,7 @@ package strategy
 
 import (
 	"context"
+	"io"
 	"strings"
 	"testing"
 
@@ -74,5 +75,39 @@ func TestRDBRestoreSteps(t *testing.T) {
 	}
 	if got := strings.Join(g.calls, ","); got != "stop,extract data/redis,stat data/redis/dump.rdb,start" {
 		t.Fatalf("calls %s", got)
+	}
+}
+
+// failingExtract is the fake guest with a download that fails (a bad frame, a cancelled job) and the
+// engine state it reports before the restore.
+type failingExtract struct {
+	*pgFakeGuest
+	state string
+}
+
+func (g failingExtract) Extract(_ context.Context, req guestv1.ExtractRequest, _ io.Reader) (guestv1.ExecResult, error) {
+	g.note("extract " + req.Path)
+	return guestv1.ExecResult{Done: true, ExitCode: -1, Error: errs.New(errs.Corrupt, "artifact failed verification")}, nil
+}
+
+func (g failingExtract) EngineStatus(context.Context) (guestv1.EngineStatus, error) {
+	return guestv1.EngineStatus{State: g.state, Healthy: g.state == guestv1.EngineRunning}, nil
+}
+
+// A failed extract leaves the data dir as it was: Redis is started again on it if it ran before, and the
+// download's error (its code) is what the restore reports.
+func TestRDBRestoreFailedExtractLeavesTheTargetAsItWas(t *testing.T) {
+	for state, want := range map[string]string{
+		guestv1.EngineRunning: "stop,extract data/redis,start",
+		guestv1.EngineStopped: "stop,extract data/redis",
+	} {
+		g := failingExtract{pgFakeGuest: &pgFakeGuest{}, state: state}
+		err := (redisRDBRestore{}).Restore(context.Background(), pgRequest(rdbManifest("7.0.15", "10", "5"), guestv1.EngineRedis, "7.0.15", "", g))
+		if !errs.Is(err, errs.Corrupt) {
+			t.Errorf("engine %s before: got %v, want corrupt", state, err)
+		}
+		if got := strings.Join(g.calls, ","); got != want {
+			t.Errorf("engine %s before: calls %s, want %s", state, got, want)
+		}
 	}
 }
