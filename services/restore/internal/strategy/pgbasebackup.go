@@ -180,8 +180,13 @@ func (s pgBasebackupRestore) Restore(ctx context.Context, req Request) error {
 	if err != nil {
 		return err
 	}
-	// Stopped, not reset: the extract below replaces the data dir all or nothing, so a failed download
-	// leaves the guest's data as it was.
+	// Stopped, not reset: the extract below replaces the data dir all or nothing, so a failed download (a
+	// bad frame, a cancelled job, storage gone) leaves the guest's data as it was, and PostgreSQL is started
+	// again on it: the target is left as the restore found it.
+	before, err := req.Guest.EngineStatus(ctx)
+	if err != nil {
+		return pgWrap(err, "asking PostgreSQL's state before the restore")
+	}
 	if _, err := req.Guest.EngineStop(ctx, guestv1.EngineRequest{}); err != nil {
 		return pgWrap(err, "stopping PostgreSQL before the restore")
 	}
@@ -197,7 +202,13 @@ func (s pgBasebackupRestore) Restore(ctx context.Context, req Request) error {
 		err = guestclient.Check(r)
 	}
 	if err != nil {
-		return pgWrap(err, "laying down the base backup in %s", dataDir)
+		err = pgWrap(err, "laying down the base backup in %s", dataDir)
+		if before.State == guestv1.EngineRunning {
+			if rerr := restartUntouched(ctx, req, "PostgreSQL", err); rerr != err {
+				return errs.New(errs.CodeOf(rerr), "%s", postgresql.RedactOutput(errs.From(rerr).Message))
+			}
+		}
+		return err
 	}
 	if req.Progress != nil && r.Extracted != nil {
 		req.Progress(postgresql.BasebackupArtifact, r.Extracted.Bytes)

@@ -25,8 +25,6 @@ const (
 	// redisLoadWait bounds how long a restored guest may take to load its snapshot.
 	redisLoadWait = 30 * time.Minute
 	redisPoll     = 500 * time.Millisecond
-	// redisRestartWait bounds starting Redis again on its own data after a failed restore.
-	redisRestartWait = 5 * time.Minute
 )
 
 // redisRDBRestore lays a redis-rdb backup's dump.rdb down as the guest's data and starts Redis on it
@@ -162,7 +160,7 @@ func (s redisRDBRestore) Restore(ctx context.Context, req Request) error {
 	if err != nil {
 		err = errs.Wrap(errs.CodeOf(err), err, "laying down %s in %s", redis.RDBFile, dataDir)
 		if before.State == guestv1.EngineRunning {
-			return redisRestartUntouched(ctx, req, err)
+			return restartUntouched(ctx, req, "Redis", err)
 		}
 		return err
 	}
@@ -195,21 +193,6 @@ func (s redisRDBRestore) Restore(ctx context.Context, req Request) error {
 		return errs.Internalf("Redis loaded the snapshot but is not healthy (state %s): %s", st.State, st.Message)
 	}
 	return redisCheckKeys(m, info)
-}
-
-// redisRestartUntouched starts Redis again on the data dir a failed extract left as it was, on a context of
-// its own (the job's may be the one cancelled), and returns cause, noting a failure to start.
-func redisRestartUntouched(ctx context.Context, req Request, cause error) error {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), redisRestartWait)
-	defer cancel()
-	st, err := req.Guest.EngineStart(cctx, guestv1.EngineRequest{NoInit: true, WaitMs: redisRestartWait.Milliseconds()})
-	if err == nil && st.State != guestv1.EngineRunning {
-		err = errs.Internalf("state %s: %s", st.State, st.Message)
-	}
-	if err != nil {
-		return errs.Wrap(errs.CodeOf(cause), err, "%s; and Redis did not start again on the guest's own data", errs.From(cause).Message)
-	}
-	return cause
 }
 
 // redisLoaded waits until Redis has finished loading (INFO answers while loading; most commands do not).

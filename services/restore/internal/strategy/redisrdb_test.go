@@ -2,6 +2,7 @@ package strategy
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -79,10 +80,11 @@ func TestRDBRestoreSteps(t *testing.T) {
 }
 
 // failingExtract is the fake guest with a download that fails (a bad frame, a cancelled job) and the
-// engine state it reports before the restore.
+// engine state it reports before the restore; startFails makes the engine's start fail too.
 type failingExtract struct {
 	*pgFakeGuest
-	state string
+	state      string
+	startFails bool
 }
 
 func (g failingExtract) Extract(_ context.Context, req guestv1.ExtractRequest, _ io.Reader) (guestv1.ExecResult, error) {
@@ -94,20 +96,51 @@ func (g failingExtract) EngineStatus(context.Context) (guestv1.EngineStatus, err
 	return guestv1.EngineStatus{State: g.state, Healthy: g.state == guestv1.EngineRunning}, nil
 }
 
-// A failed extract leaves the data dir as it was: Redis is started again on it if it ran before, and the
-// download's error (its code) is what the restore reports.
-func TestRDBRestoreFailedExtractLeavesTheTargetAsItWas(t *testing.T) {
-	for state, want := range map[string]string{
-		guestv1.EngineRunning: "stop,extract data/redis,start",
-		guestv1.EngineStopped: "stop,extract data/redis",
+func (g failingExtract) EngineStart(ctx context.Context, req guestv1.EngineRequest) (guestv1.EngineStatus, error) {
+	if g.startFails {
+		g.note("start")
+		return guestv1.EngineStatus{State: guestv1.EngineFailed, Message: "no luck"}, nil
+	}
+	return g.pgFakeGuest.EngineStart(ctx, req)
+}
+
+// A failed extract leaves the data dir as it was (the agent's extract is all or nothing): the restores that
+// stop the engine first (redis-rdb, pg_basebackup) start it again if it ran before, and report the
+// download's error with its code; a failed restart is added to the message, the code stays.
+func TestFailedExtractLeavesTheTargetAsItWas(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		s    Strategy
+		req  func(Guest) Request
+		dir  string
+	}{
+		{"redis-rdb", redisRDBRestore{}, func(g Guest) Request {
+			return pgRequest(rdbManifest("7.0.15", "10", "5"), guestv1.EngineRedis, "7.0.15", "", g)
+		}, "data/redis"},
+		{"pg_basebackup", pgBasebackupRestore{}, func(g Guest) Request {
+			return pgRequest(pgManifest("pg_basebackup", map[string]string{"postgresql": "15.18"}, "base"), guestv1.EnginePostgreSQL, "15.18", "", g)
+		}, "data/postgresql"},
 	} {
-		g := failingExtract{pgFakeGuest: &pgFakeGuest{}, state: state}
-		err := (redisRDBRestore{}).Restore(context.Background(), pgRequest(rdbManifest("7.0.15", "10", "5"), guestv1.EngineRedis, "7.0.15", "", g))
-		if !errs.Is(err, errs.Corrupt) {
-			t.Errorf("engine %s before: got %v, want corrupt", state, err)
-		}
-		if got := strings.Join(g.calls, ","); got != want {
-			t.Errorf("engine %s before: calls %s, want %s", state, got, want)
+		for _, tc := range []struct {
+			state      string
+			startFails bool
+			want       string
+		}{
+			{guestv1.EngineRunning, false, "stop,extract " + c.dir + ",start"},
+			{guestv1.EngineStopped, false, "stop,extract " + c.dir},
+			{guestv1.EngineRunning, true, "stop,extract " + c.dir + ",start"},
+		} {
+			g := failingExtract{pgFakeGuest: &pgFakeGuest{}, state: tc.state, startFails: tc.startFails}
+			err := c.s.Restore(context.Background(), c.req(g))
+			if !errs.Is(err, errs.Corrupt) || !strings.Contains(err.Error(), "artifact failed verification") {
+				t.Errorf("%s, engine %s before: got %v, want the download's corrupt", c.name, tc.state, err)
+			}
+			if tc.startFails != strings.Contains(fmt.Sprint(err), "did not start again") {
+				t.Errorf("%s, start fails %v: %v", c.name, tc.startFails, err)
+			}
+			if got := strings.Join(g.calls, ","); got != tc.want {
+				t.Errorf("%s, engine %s before: calls %s, want %s", c.name, tc.state, got, tc.want)
+			}
 		}
 	}
 }

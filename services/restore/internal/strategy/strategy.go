@@ -136,3 +136,23 @@ func Capture(ctx context.Context, req Request, tool string, args ...string) (str
 func FromStorage(src *guestv1.StorageRef, tool string, args ...string) guestv1.ExecRequest {
 	return guestv1.ExecRequest{Tool: tool, Args: args, Stdin: guestv1.StdinSpec{Mode: guestv1.StdinStorage, Storage: src}}
 }
+
+// untouchedRestartWait bounds starting an engine again on its own data after a failed restore.
+const untouchedRestartWait = 5 * time.Minute
+
+// restartUntouched starts the target's engine again after a restore that stopped it failed before its data
+// dir was replaced (the agent's extract is all or nothing), so the target is left as the restore found it.
+// It runs on a context of its own (the job's may be the one cancelled) and returns cause, with its code,
+// noting a failure to start.
+func restartUntouched(ctx context.Context, req Request, engine string, cause error) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), untouchedRestartWait)
+	defer cancel()
+	st, err := req.Guest.EngineStart(cctx, guestv1.EngineRequest{NoInit: true, WaitMs: untouchedRestartWait.Milliseconds()})
+	if err == nil && st.State != guestv1.EngineRunning {
+		err = errs.Internalf("state %s: %s", st.State, st.Message)
+	}
+	if err != nil {
+		return errs.Wrap(errs.CodeOf(cause), err, "%s; and %s did not start again on the guest's own data", errs.From(cause).Message, engine)
+	}
+	return cause
+}
