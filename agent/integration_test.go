@@ -270,6 +270,17 @@ func versionCore(v string) string {
 	return v[:end]
 }
 
+// datagenSHA256 computes, in the background, the SHA-256 of size bytes of `trove-agent datagen -seed seed`.
+func datagenSHA256(size, seed int64) <-chan string {
+	want := make(chan string, 1)
+	go func() {
+		h := sha256.New()
+		_, _ = io.Copy(h, io.LimitReader(datagen.New(seed), size))
+		want <- hex.EncodeToString(h.Sum(nil))
+	}()
+	return want
+}
+
 // An allowed tool's 1 GiB stdout goes through the agent's framed transform (zstd, AES-256-GCM) into the
 // storage service, and back: the stored frames decoded by the agent into sha256sum's stdin give the
 // SHA-256 of the tool's output, computed here from the same generator.
@@ -280,12 +291,7 @@ func TestIntegrationExecStdoutToStorageAndBack(t *testing.T) {
 	const size = 1 << 30
 	const seed = 42
 
-	want := make(chan string, 1)
-	go func() {
-		h := sha256.New()
-		_, _ = io.Copy(h, io.LimitReader(datagen.New(seed), size))
-		want <- hex.EncodeToString(h.Sum(nil))
-	}()
+	want := datagenSHA256(size, seed)
 
 	key := newKey(t)
 	objKey := "it/exec/" + g.Instance + "/dump.frames"
@@ -370,8 +376,6 @@ func TestIntegrationExecStdoutToStorageAndBack(t *testing.T) {
 	}
 }
 
-// Files under the roots: write, read, stat, list, remove, and tar extract (from a stream), as the
-// caller sees them and as they are inside the guest.
 // TestIntegrationDownloadResumesAcrossStorageRestart: the storage service restarts while the agent feeds
 // a framed artifact from it into a tool's stdin. The agent gets the rest from the first byte it had not
 // taken, so the tool sees one unbroken stream: sha256sum's result is the artifact's, exactly.
@@ -381,12 +385,7 @@ func TestIntegrationDownloadResumesAcrossStorageRestart(t *testing.T) {
 	ctx := timeout(t, 3*time.Minute)
 	const size = 256 << 20
 	const seed = 43
-	want := make(chan string, 1)
-	go func() {
-		h := sha256.New()
-		_, _ = io.Copy(h, io.LimitReader(datagen.New(seed), size))
-		want <- hex.EncodeToString(h.Sum(nil))
-	}()
+	want := datagenSHA256(size, seed)
 	key := newKey(t)
 	objKey := "it/resume/" + g.Instance + "/dump.frames"
 	frames := &guestv1.FrameSpec{Codec: "zstd", Level: 1, ArtifactID: "exec-it-resume", Key: key}
@@ -443,6 +442,8 @@ func TestIntegrationDownloadResumesAcrossStorageRestart(t *testing.T) {
 	t.Logf("%d stored bytes at %d B/s: resumed across the restart, finished %s after it", stored, limit, r.at.Sub(restarted).Round(time.Millisecond))
 }
 
+// Files under the roots: write, read, stat, list, remove, and tar extract (from a stream), as the
+// caller sees them and as they are inside the guest.
 func TestIntegrationFilesAndExtract(t *testing.T) {
 	s := getSuite(t)
 	g := s.guest(t, guestv1.EngineRedis)
