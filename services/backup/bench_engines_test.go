@@ -561,6 +561,11 @@ func (m engMariaDB) baselines(e *engBench, g *testkit.Guest) []engTiming {
 	e.sh(g, `umask 077 && printf '%s\n' "$1" > /root/bench.age`, e.identity)
 	const pass = "bench-passphrase-not-a-secret"
 	var out []engTiming
+	// The tool alone into /dev/null: what no pipeline behind it can beat.
+	e.sh(g, "rm -rf /var/lib/trove/.bench-scratch /var/lib/trove/.bench-lsn")
+	d, cpu, _ := e.timed(g, engMariaBackup+" > /dev/null")
+	out = append(out, engTiming{name: "mariadb-backup > /dev/null", dir: "backup", wall: d, cpu: cpu})
+	e.b.Logf("mariadb-backup alone: %s, %.1f CPU s", d.Round(time.Millisecond), cpu)
 	for _, p := range []struct{ name, enc, dec string }{
 		{"(a) mariadb-backup | zstd -1 -T0 | age", "zstd -1 -T0 -q | age -r " + e.recipient, "age -d -i /root/bench.age | zstd -d -q"},
 		{"(b) Trove: mariadb-backup | gzip | openssl aes-256-cbc", "gzip | openssl enc -aes-256-cbc -salt -pbkdf2 -pass pass:" + pass, "openssl enc -d -aes-256-cbc -pbkdf2 -pass pass:" + pass + " | gzip -d"},
@@ -668,6 +673,9 @@ func (p engPostgreSQL) baselines(e *engBench, g *testkit.Guest) []engTiming {
 	if _, err := g.Client.EngineStart(e.ctx, guestv1.EngineRequest{NoInit: true, WaitMs: 120000}); err != nil {
 		e.b.Fatal(err)
 	}
+	// pg_basebackup alone (as the strategy runs it) into /dev/null: what no pipeline behind it can beat.
+	d0, cpu0, _ := e.timed(g, "runuser -u postgres -- pg_basebackup -h /run/postgresql -p 5432 -U postgres -D - -F tar -X fetch -c fast > /dev/null")
+	e.b.Logf("pg_basebackup alone: %s, %.1f CPU s", d0.Round(time.Millisecond), cpu0)
 	e.sh(g, "runuser -u postgres -- pgbackrest --stanza=bench stanza-create")
 	d, cpu, _ := e.timed(g, "runuser -u postgres -- pgbackrest --stanza=bench --type=full backup")
 	info := e.sh(g, "runuser -u postgres -- pgbackrest --stanza=bench --output=json info")
@@ -693,7 +701,7 @@ func (p engPostgreSQL) baselines(e *engBench, g *testkit.Guest) []engTiming {
 	out = append(out, engTiming{name: out[0].name, dir: "restore", wall: d, cpu: cpu, note: "into an empty directory; no server start"})
 	e.b.Logf("pgBackRest restore: %s, %.1f CPU s", d.Round(time.Millisecond), cpu)
 	e.sh(g, "rm -rf /var/lib/trove/bench-pgrestore")
-	return out
+	return append(out, engTiming{name: "pg_basebackup > /dev/null", dir: "backup", wall: d0, cpu: cpu0})
 }
 
 // ---- report ----
@@ -727,11 +735,27 @@ func (e *engBench) report() {
 	}
 	for _, n := range names {
 		bk, rs := byName[n]["backup"], byName[n]["restore"]
-		fmt.Fprintf(&sb, "| %s | %.1f | %.0f | %.1f | %.0f | %s | %.1f | %.1f |\n", engCell(n), bk.wall.Seconds(), engRate(last.raw, bk.wall), rs.wall.Seconds(), engRate(last.raw, rs.wall), engMB(bk.stored), bk.cpu, rs.cpu)
+		restore := "– | – "
+		if rs.wall > 0 {
+			restore = fmt.Sprintf("%.1f | %.0f ", rs.wall.Seconds(), engRate(last.raw, rs.wall))
+		}
+		stored := "–"
+		if bk.stored > 0 {
+			stored = engMB(bk.stored)
+		}
+		rsCPU := "–"
+		if rs.wall > 0 {
+			rsCPU = fmt.Sprintf("%.1f", rs.cpu)
+		}
+		fmt.Fprintf(&sb, "| %s | %.1f | %.0f | %s| %s | %.1f | %s |\n", engCell(n), bk.wall.Seconds(), engRate(last.raw, bk.wall), restore, stored, bk.cpu, rsCPU)
 	}
 	sb.WriteString("\nRatios (services MB/s / baseline MB/s, i.e. baseline time / services time):\n\n| baseline | backup ratio | restore ratio |\n|---|---:|---:|\n")
 	for _, n := range names {
 		bk, rs := byName[n]["backup"], byName[n]["restore"]
+		if rs.wall == 0 {
+			fmt.Fprintf(&sb, "| %s (tool alone, a bound) | %.2f | – |\n", engCell(n), bk.wall.Seconds()/last.backup.Seconds())
+			continue
+		}
 		fmt.Fprintf(&sb, "| %s | %.2f | %.2f |\n", engCell(n), bk.wall.Seconds()/last.backup.Seconds(), rs.wall.Seconds()/last.restore.Seconds())
 	}
 	sb.WriteString("\nPer size (fresh service processes and agents for each):\n\n| size | data | raw | stored | generate s | backup s | backup MB/s | restore s | restore MB/s | identical |")
