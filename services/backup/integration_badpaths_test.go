@@ -110,7 +110,7 @@ func (st *bpStack) stopStorage(t *testing.T) {
 }
 
 // submit starts a job without waiting for it.
-func (st *bpStack) submit(t *testing.T, group, op string, req any) jobs.Job {
+func (st *pgrStack) submit(t *testing.T, group, op string, req any) jobs.Job {
 	t.Helper()
 	var j jobs.Job
 	if err := rpc.Call(t.Context(), st.kit.Conn(), backupv1.Subject(group, op), req, &j); err != nil {
@@ -119,7 +119,7 @@ func (st *bpStack) submit(t *testing.T, group, op string, req any) jobs.Job {
 	return j
 }
 
-func (st *bpStack) status(t *testing.T, group, id string) jobs.Job {
+func (st *pgrStack) status(t *testing.T, group, id string) jobs.Job {
 	t.Helper()
 	var j jobs.Job
 	if err := rpc.Call(t.Context(), st.kit.Conn(), backupv1.Subject(group, backupv1.OpJobStatus), backupv1.IDRequest{ID: id}, &j); err != nil {
@@ -128,8 +128,37 @@ func (st *bpStack) status(t *testing.T, group, id string) jobs.Job {
 	return j
 }
 
+// cancel asks for a job's cancellation through the job machinery.
+func (st *pgrStack) cancel(t *testing.T, group, id string) {
+	t.Helper()
+	var c jobs.Job
+	if err := rpc.Call(t.Context(), st.kit.Conn(), backupv1.Subject(group, backupv1.OpJobCancel), backupv1.IDRequest{ID: id}, &c); err != nil {
+		t.Fatalf("cancel %s: %v", id, err)
+	}
+}
+
+// waitExtracting waits until a restore job's extract on g has written more than kib KiB into its staging
+// dir beside the data dir (the agent's all-or-nothing extract: .<dir>.extract-<id>).
+func (st *pgrStack) waitExtracting(t *testing.T, g *testkit.Guest, id string, kib int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out := pgrShell(t, g, `for d in /var/lib/trove/.*.extract-*; do [ -d "$d" ] && du -sk "$d"; done; true`)
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			var n int
+			if _, err := fmt.Sscan(l, &n); err == nil && n > kib {
+				return
+			}
+		}
+		if j := st.status(t, backupv1.RestoreGroup, id); j.State.Final() || time.Now().After(deadline) {
+			t.Fatalf("restore %s never got to its download: %s %v", id, j.State, j.Error)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // waitFinal follows a job to its final state, failing the test if that takes longer than within.
-func (st *bpStack) waitFinal(t *testing.T, group, id string, within time.Duration) jobs.Job {
+func (st *pgrStack) waitFinal(t *testing.T, group, id string, within time.Duration) jobs.Job {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
@@ -307,10 +336,7 @@ redis-cli SET small "hello" >/dev/null`, fmt.Sprint(bpBlobs))
 		j := st.submit(t, backupv1.BackupGroup, backupv1.OpCreate, backupv1.CreateRequest{Instance: src.Instance, BandwidthLimit: bpLimit})
 		st.midUpload(t, j.ID)
 		asked := time.Now()
-		var c jobs.Job
-		if err := rpc.Call(t.Context(), st.kit.Conn(), backupv1.Subject(backupv1.BackupGroup, backupv1.OpJobCancel), backupv1.IDRequest{ID: j.ID}, &c); err != nil {
-			t.Fatalf("cancel: %v", err)
-		}
+		st.cancel(t, backupv1.BackupGroup, j.ID)
 		j = st.waitFinal(t, backupv1.BackupGroup, j.ID, 30*time.Second)
 		t.Logf("cancelled in %s: %s %v", time.Since(asked).Round(time.Millisecond), j.State, j.Error)
 		if j.State != jobs.StateCancelled || pgrJobCode(j) != errs.Cancelled {
@@ -333,21 +359,9 @@ redis-cli SET small "hello" >/dev/null`, fmt.Sprint(bpBlobs))
 	t.Run("restore cancelled mid-download", func(t *testing.T) {
 		j := st.submit(t, backupv1.RestoreGroup, backupv1.OpRestore, backupv1.RestoreRequest{Backup: good.ID, Instance: dst.Instance, BandwidthLimit: bpLimit})
 		// Mid-flight: the agent's extract is writing dump.rdb into its staging dir beside the data dir.
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			if out := pgrShell(t, dst, `find /var/lib/trove -maxdepth 2 -path '*.extract-*/dump.rdb' -size +1024k`); out != "" {
-				break
-			}
-			if j = st.status(t, backupv1.RestoreGroup, j.ID); j.State.Final() || time.Now().After(deadline) {
-				t.Fatalf("restore %s never got to its download: %s %v", j.ID, j.State, j.Error)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		st.waitExtracting(t, dst, j.ID, 1024)
 		asked := time.Now()
-		var c jobs.Job
-		if err := rpc.Call(t.Context(), st.kit.Conn(), backupv1.Subject(backupv1.RestoreGroup, backupv1.OpJobCancel), backupv1.IDRequest{ID: j.ID}, &c); err != nil {
-			t.Fatalf("cancel: %v", err)
-		}
+		st.cancel(t, backupv1.RestoreGroup, j.ID)
 		j = st.waitFinal(t, backupv1.RestoreGroup, j.ID, 30*time.Second)
 		t.Logf("cancelled in %s: %s %v", time.Since(asked).Round(time.Millisecond), j.State, j.Error)
 		if j.State != jobs.StateCancelled || pgrJobCode(j) != errs.Cancelled {
