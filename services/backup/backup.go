@@ -35,8 +35,12 @@ type Config struct {
 	Recipients string
 	Stream     stream.Options
 	FrameSize  int
-	Jobs       jobs.Options // Family is set here
-	Logger     *slog.Logger
+	// Direct has agents move artifacts straight between the guest and object storage (presigned parts of
+	// the storage service's s3 strategy) instead of through the storage service over NATS; a strategy
+	// without direct transfers falls back to NATS. Turn it on where guests can reach the object store.
+	Direct bool
+	Jobs   jobs.Options // Family is set here
+	Logger *slog.Logger
 }
 
 // Strategies lists the strategy names compiled in.
@@ -57,7 +61,7 @@ func Start(ctx context.Context, nc *nats.Conn, tel *telemetry.Telemetry, cfg Con
 		}
 		opts.Recipients = rs
 	}
-	opts.Stream, opts.FrameSize, opts.Logger = cfg.Stream, cfg.FrameSize, cfg.Logger
+	opts.Stream, opts.FrameSize, opts.Direct, opts.Logger = cfg.Stream, cfg.FrameSize, cfg.Direct, cfg.Logger
 	svc, err := jobsvc.Start(ctx, nc, tel, jobsvc.Spec{
 		Family: Family, Version: Version, Description: "Backs up guests through their agents into the storage service; the backup catalog",
 		Metadata: map[string]string{"strategies": strings.Join(Strategies(), ",")},

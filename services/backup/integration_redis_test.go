@@ -13,6 +13,7 @@ package backup_test
 
 import (
 	"context"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"strconv"
 	"strings"
 	"testing"
@@ -28,6 +29,7 @@ import (
 	"troveng.dev/shared/errs"
 	"troveng.dev/shared/jobs"
 	"troveng.dev/shared/rpc"
+	"troveng.dev/shared/telemetry/telemetrytest"
 	"troveng.dev/shared/testkit"
 )
 
@@ -37,10 +39,25 @@ type pgrStack struct {
 }
 
 func startPGRStack(t *testing.T, engine string, guests int, prefix string) (*pgrStack, []*testkit.Guest) {
+	st, gs, _ := startPGRStackOn(t, engine, guests, prefix, false)
+	return st, gs
+}
+
+// startPGRStackOn is startPGRStack with the storage service on fs, or, with direct, on the s3 strategy
+// (the kit's versitygw) and the backup and restore services asking for direct transfers. It returns the
+// spans the storage service ends.
+func startPGRStackOn(t *testing.T, engine string, guests int, prefix string, direct bool) (*pgrStack, []*testkit.Guest, *tracetest.InMemoryExporter) {
 	t.Helper()
-	k := testkit.Start(t, testkit.Options{Engine: engine, Guests: guests, Prefix: prefix})
+	k := testkit.Start(t, testkit.Options{Engine: engine, Guests: guests, Prefix: prefix, S3: direct})
 	ctx := context.Background()
-	ss, err := storage.Start(ctx, k.Conn(), nil, storage.Config{Strategy: "fs", Options: map[string]string{"root": t.TempDir()}})
+	cfg := storage.Config{Strategy: "fs", Options: map[string]string{"root": t.TempDir()}}
+	if direct {
+		s3 := k.S3()
+		cfg = storage.Config{Strategy: "s3", Options: map[string]string{"endpoint": s3.Endpoint(), "bucket": s3.Bucket(),
+			"region": s3.Region(), "access_key": s3.AccessKey(), "secret_key": s3.SecretKey()}}
+	}
+	tel, spans := telemetrytest.New(t)
+	ss, err := storage.Start(ctx, k.Conn(), tel, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,17 +66,17 @@ func startPGRStack(t *testing.T, engine string, guests int, prefix string) (*pgr
 	if err != nil {
 		t.Fatal(err)
 	}
-	bs, err := backup.Start(ctx, k.Conn(), nil, backup.Config{Recipients: recipient, Jobs: jobs.Options{AckWait: 10 * time.Second}})
+	bs, err := backup.Start(ctx, k.Conn(), nil, backup.Config{Recipients: recipient, Direct: direct, Jobs: jobs.Options{AckWait: 10 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = bs.Stop() })
-	rs, err := restore.Start(ctx, k.Conn(), nil, restore.Config{Identities: identity, Jobs: jobs.Options{AckWait: 10 * time.Second}})
+	rs, err := restore.Start(ctx, k.Conn(), nil, restore.Config{Identities: identity, Direct: direct, Jobs: jobs.Options{AckWait: 10 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = rs.Stop() })
-	return &pgrStack{kit: k}, k.Guests()
+	return &pgrStack{kit: k}, k.Guests(), spans
 }
 
 // run submits a job and follows it to its end.
@@ -304,4 +321,32 @@ func TestIntegrationRedisRDB(t *testing.T) {
 		sameRedis(t, before[0], redisKeys(t, dst, 0), time.Since(snap))
 	})
 	t.Logf("%d keys compared", len(before[0])+len(before[3]))
+}
+
+// TestIntegrationRedisRDBDirect: with direct transfers on and the storage service on S3 (versitygw), the
+// agents put and get the artifact straight to and from object storage by presigned parts (the storage
+// service only presigns and completes; manifests still go through its stream endpoints), and the restore
+// is identical.
+func TestIntegrationRedisRDBDirect(t *testing.T) {
+	st, gs, spans := startPGRStackOn(t, guestv1.EngineRedis, 2, "rdbs3", true)
+	src, dst := gs[0], gs[1]
+	pgrShell(t, src, `printf '%s' "$1" | redis-cli >/dev/null`, redisDataset)
+	before := redisKeys(t, src, 0)
+	snap := time.Now()
+	m := st.backupOK(t, backupv1.CreateRequest{Instance: src.Instance})
+	st.restoreOK(t, m.ID, dst.Instance, backupv1.ModeNew)
+	sameRedis(t, before, redisKeys(t, dst, 0), time.Since(snap))
+
+	names := map[string]int{} // the storage service's own request spans
+	for _, s := range spans.GetSpans() {
+		if strings.HasPrefix(s.Name, "storage.") {
+			names[s.Name]++
+		}
+	}
+	for _, want := range []string{"storage.put_direct", "storage.complete_direct", "storage.get_direct"} {
+		if names[want] == 0 {
+			t.Errorf("no %s request reached the storage service (spans: %v)", want, names)
+		}
+	}
+	t.Logf("%d keys compared; storage requests: %v", len(before), names)
 }

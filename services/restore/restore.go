@@ -34,8 +34,12 @@ type Config struct {
 	// keys of the backups this service restores. Secret: load it from a file, never a flag value.
 	Identities string
 	Stream     stream.Options
-	Jobs       jobs.Options
-	Logger     *slog.Logger
+	// Direct has agents move artifacts straight between the guest and object storage (presigned parts of
+	// the storage service's s3 strategy) instead of through the storage service over NATS; a strategy
+	// without direct transfers falls back to NATS. Turn it on where guests can reach the object store.
+	Direct bool
+	Jobs   jobs.Options
+	Logger *slog.Logger
 }
 
 // Strategies lists the strategy names compiled in.
@@ -56,7 +60,7 @@ func Start(ctx context.Context, nc *nats.Conn, tel *telemetry.Telemetry, cfg Con
 		}
 		opts.Identities = ids
 	}
-	opts.Stream, opts.Logger = cfg.Stream, cfg.Logger
+	opts.Stream, opts.Direct, opts.Logger = cfg.Stream, cfg.Direct, cfg.Logger
 	svc, err := jobsvc.Start(ctx, nc, tel, jobsvc.Spec{
 		Family: Family, Version: Version, Description: "Restores backups from the catalog into guests through their agents",
 		Metadata: map[string]string{"strategies": strings.Join(Strategies(), ",")},

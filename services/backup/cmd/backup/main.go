@@ -22,9 +22,11 @@ import (
 
 func main() {
 	var recipientsFile string
+	direct := os.Getenv("TROVE_BACKUP_DIRECT") == "true"
 	err := service.Main(service.Daemon{
 		Family: backup.Family, Version: backup.Version,
 		Flags: func(fs *flag.FlagSet) {
+			fs.BoolVar(&direct, "direct", direct, "agents move artifacts straight to and from object storage (the storage service's s3 strategy, presigned parts) where guests can reach it (env TROVE_BACKUP_DIRECT=true)")
 			fs.StringVar(&recipientsFile, "recipients-file", os.Getenv("TROVE_BACKUP_RECIPIENTS_FILE"), "file of age public keys every data key is wrapped for (env TROVE_BACKUP_RECIPIENTS_FILE; or the keys in TROVE_BACKUP_RECIPIENTS)")
 		},
 		Start: func(ctx context.Context, nc *nats.Conn, tel *telemetry.Telemetry) (service.Running, error) {
@@ -36,7 +38,7 @@ func main() {
 				}
 				recipients = string(b)
 			}
-			return backup.Start(ctx, nc, tel, backup.Config{Recipients: recipients})
+			return backup.Start(ctx, nc, tel, backup.Config{Recipients: recipients, Direct: direct})
 		},
 	})
 	if err != nil {

@@ -107,8 +107,9 @@ func (s *Server) runBackup(ctx context.Context, job jobs.Job, report func(jobs.P
 		BandwidthLimit: req.BandwidthLimit,
 		Artifact: func(name string) *guestv1.StorageRef {
 			return &guestv1.StorageRef{
-				Key:  catalog.ArtifactKey(id, name),
-				Meta: map[string]string{"backup": id, "artifact": name},
+				Key:    catalog.ArtifactKey(id, name),
+				Meta:   map[string]string{"backup": id, "artifact": name},
+				Direct: s.opts.Direct,
 				Frames: &guestv1.FrameSpec{Codec: codec, Level: req.Level, FrameSize: frameSize,
 					ArtifactID: artifactID(id, name), Key: key},
 			}

@@ -34,7 +34,9 @@ type Options struct {
 	Stream stream.Options
 	// FrameSize is the default raw frame size (0: the framed format's default).
 	FrameSize int
-	Logger    *slog.Logger
+	// Direct sets StorageRef.Direct on every artifact (see backup.Config.Direct).
+	Direct bool
+	Logger *slog.Logger
 }
 
 // Server handles the backup service's endpoints and jobs.

@@ -22,9 +22,11 @@ import (
 
 func main() {
 	var identityFile string
+	direct := os.Getenv("TROVE_RESTORE_DIRECT") == "true"
 	err := service.Main(service.Daemon{
 		Family: restore.Family, Version: restore.Version,
 		Flags: func(fs *flag.FlagSet) {
+			fs.BoolVar(&direct, "direct", direct, "agents move artifacts straight to and from object storage (the storage service's s3 strategy, presigned parts) where guests can reach it (env TROVE_RESTORE_DIRECT=true)")
 			fs.StringVar(&identityFile, "identity-file", os.Getenv("TROVE_RESTORE_IDENTITY_FILE"), "age identity file that opens backups' data keys (env TROVE_RESTORE_IDENTITY_FILE)")
 		},
 		Start: func(ctx context.Context, nc *nats.Conn, tel *telemetry.Telemetry) (service.Running, error) {
@@ -36,7 +38,7 @@ func main() {
 				}
 				identities = string(b)
 			}
-			return restore.Start(ctx, nc, tel, restore.Config{Identities: identities})
+			return restore.Start(ctx, nc, tel, restore.Config{Identities: identities, Direct: direct})
 		},
 	})
 	if err != nil {

@@ -34,7 +34,9 @@ type Options struct {
 	// Identities open the data keys (the restore service's own; never a request parameter).
 	Identities []*age.X25519Identity
 	Stream     stream.Options
-	Logger     *slog.Logger
+	// Direct sets StorageRef.Direct on every artifact fetched (see restore.Config.Direct).
+	Direct bool
+	Logger *slog.Logger
 }
 
 // Server handles restore requests and jobs.
@@ -151,7 +153,7 @@ func (s *Server) runRestore(ctx context.Context, job jobs.Job, report func(jobs.
 			if !ok {
 				return nil, errs.New(errs.Corrupt, "backup %s has no artifact %q", m.ID, name)
 			}
-			ref := &guestv1.StorageRef{Key: a.Key}
+			ref := &guestv1.StorageRef{Key: a.Key, Direct: s.opts.Direct}
 			if a.Frames > 0 || a.IndexSHA256 != "" {
 				ref.Frames = &guestv1.FrameSpec{Codec: a.Codec, FrameSize: a.FrameSize, ArtifactID: a.ArtifactID,
 					Key: keys[m.ID], IndexSHA256: a.IndexSHA256}
