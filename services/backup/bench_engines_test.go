@@ -130,7 +130,7 @@ func startEngBench(b *testing.B, engineName, strategy string) *engBench {
 	}
 	bin := os.Getenv("TROVE_BENCH_BIN")
 	if bin == "" {
-		root, err := engRepoRoot()
+		root, err := testkit.RepoRoot()
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -889,19 +889,3 @@ func engNproc() int {
 	return strings.Count(string(b), "\nprocessor") + 1
 }
 
-func engRepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.work above the working directory")
-		}
-		dir = parent
-	}
-}

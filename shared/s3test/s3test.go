@@ -263,9 +263,9 @@ func findOrBuild() (string, error) {
 	if p, err := exec.LookPath("versitygw"); err == nil {
 		return p, nil
 	}
-	repo, err := repoRoot()
+	repo, err := RepoRoot()
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("no versitygw: not on PATH, TROVE_VERSITYGW unset, and %v to find bin/versitygw", err)
 	}
 	bin := filepath.Join(repo, "bin", "versitygw")
 	if _, err := os.Stat(bin); err == nil {
@@ -290,8 +290,8 @@ func findOrBuild() (string, error) {
 	return bin, nil
 }
 
-// repoRoot walks up from the working directory to the directory holding go.work.
-func repoRoot() (string, error) {
+// RepoRoot walks up from the working directory to the directory holding go.work (the repository root).
+func RepoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
@@ -302,7 +302,7 @@ func repoRoot() (string, error) {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("no versitygw: not on PATH, TROVE_VERSITYGW unset, and no go.work above the working directory to find bin/versitygw")
+			return "", errors.New("no go.work above the working directory")
 		}
 		dir = parent
 	}

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"troveng.dev/shared/s3test"
 )
 
 // EnvFile is where scripts/setup-containers.sh writes the environment that reaches the container engine,
@@ -96,18 +98,9 @@ func validEnvName(s string) bool {
 
 // RepoRoot walks up from the working directory to the directory holding go.work (the repository root).
 func RepoRoot() (string, error) {
-	dir, err := os.Getwd()
+	root, err := s3test.RepoRoot()
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("testkit: %w", err)
 	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("testkit: no go.work above the working directory")
-		}
-		dir = parent
-	}
+	return root, nil
 }
