@@ -888,4 +888,3 @@ func engNproc() int {
 	}
 	return strings.Count(string(b), "\nprocessor") + 1
 }
-

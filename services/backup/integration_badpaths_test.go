@@ -26,14 +26,11 @@ import (
 	"testing"
 	"time"
 
-	"troveng.dev/services/backup"
-	"troveng.dev/services/restore"
 	"troveng.dev/services/storage"
 	"troveng.dev/shared/catalog"
 	"troveng.dev/shared/contract/backupv1"
 	"troveng.dev/shared/contract/guestv1"
 	"troveng.dev/shared/contract/storagev1"
-	"troveng.dev/shared/datakey"
 	"troveng.dev/shared/engines/redis"
 	"troveng.dev/shared/errs"
 	"troveng.dev/shared/jobs"
@@ -64,7 +61,6 @@ type bpStack struct {
 func startBadPathStack(t *testing.T) (*bpStack, []*testkit.Guest) {
 	t.Helper()
 	k := testkit.Start(t, testkit.Options{Engine: guestv1.EngineRedis, Guests: 2, Prefix: "bad"})
-	ctx := context.Background()
 	st := &bpStack{pgrStack: &pgrStack{kit: k}, root: t.TempDir()}
 	st.storeCfg = storage.Config{Strategy: "fs", Options: map[string]string{"root": st.root}}
 	st.startStorage(t)
@@ -73,20 +69,7 @@ func startBadPathStack(t *testing.T) (*bpStack, []*testkit.Guest) {
 			_ = st.storage.Stop()
 		}
 	})
-	identity, recipient, err := datakey.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bs, err := backup.Start(ctx, k.Conn(), nil, backup.Config{Recipients: recipient, Jobs: jobs.Options{AckWait: 10 * time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = bs.Stop() })
-	rs, err := restore.Start(ctx, k.Conn(), nil, restore.Config{Identities: identity, Jobs: jobs.Options{AckWait: 10 * time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rs.Stop() })
+	startBackupRestore(t, k.Conn(), false)
 	st.store = storageclient.New(k.Conn(), stream.Options{})
 	st.cat = catalog.New(st.store)
 	return st, k.Guests()

@@ -25,13 +25,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"troveng.dev/services/backup"
-	"troveng.dev/services/restore"
 	"troveng.dev/services/storage"
 	"troveng.dev/shared/catalog"
 	"troveng.dev/shared/contract/backupv1"
 	"troveng.dev/shared/contract/guestv1"
-	"troveng.dev/shared/datakey"
 	"troveng.dev/shared/errs"
 	"troveng.dev/shared/jobs"
 	"troveng.dev/shared/rpc"
@@ -53,20 +50,7 @@ func startMariaDBStack(t *testing.T, guests int) (*mdbStack, []*testkit.Guest) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ss.Stop() })
-	identity, recipient, err := datakey.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bs, err := backup.Start(ctx, k.Conn(), nil, backup.Config{Recipients: recipient, Jobs: jobs.Options{AckWait: 10 * time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = bs.Stop() })
-	rs, err := restore.Start(ctx, k.Conn(), nil, restore.Config{Identities: identity, Jobs: jobs.Options{AckWait: 10 * time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rs.Stop() })
+	startBackupRestore(t, k.Conn(), false)
 	return &mdbStack{kit: k, nc: k.Conn()}, k.Guests()
 }
 

@@ -13,11 +13,13 @@ package backup_test
 
 import (
 	"context"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"troveng.dev/services/backup"
 	"troveng.dev/services/restore"
@@ -62,21 +64,29 @@ func startPGRStackOn(t *testing.T, engine string, guests int, prefix string, dir
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ss.Stop() })
+	startBackupRestore(t, k.Conn(), direct)
+	return &pgrStack{kit: k}, k.Guests(), spans
+}
+
+// startBackupRestore starts a backup and a restore service on nc with a fresh age key pair (the backup
+// service wraps for the recipient, the restore service holds the identity), stopped when the test ends.
+func startBackupRestore(t *testing.T, nc *nats.Conn, direct bool) {
+	t.Helper()
+	ctx := context.Background()
 	identity, recipient, err := datakey.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	bs, err := backup.Start(ctx, k.Conn(), nil, backup.Config{Recipients: recipient, Direct: direct, Jobs: jobs.Options{AckWait: 10 * time.Second}})
+	bs, err := backup.Start(ctx, nc, nil, backup.Config{Recipients: recipient, Direct: direct, Jobs: jobs.Options{AckWait: 10 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = bs.Stop() })
-	rs, err := restore.Start(ctx, k.Conn(), nil, restore.Config{Identities: identity, Direct: direct, Jobs: jobs.Options{AckWait: 10 * time.Second}})
+	rs, err := restore.Start(ctx, nc, nil, restore.Config{Identities: identity, Direct: direct, Jobs: jobs.Options{AckWait: 10 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = rs.Stop() })
-	return &pgrStack{kit: k}, k.Guests(), spans
 }
 
 // run submits a job and follows it to its end.
