@@ -14,7 +14,6 @@ package backup_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"regexp"
 	"strings"
@@ -23,25 +22,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"troveng.dev/services/storage"
 	"troveng.dev/shared/catalog"
 	"troveng.dev/shared/contract/backupv1"
 	"troveng.dev/shared/contract/guestv1"
 	"troveng.dev/shared/errs"
 	"troveng.dev/shared/jobs"
-	"troveng.dev/shared/rpc"
 	"troveng.dev/shared/testkit"
 )
 
-// mdbStack is the three services on the kit's NATS, and the kit's guests.
-type mdbStack struct {
-	kit *testkit.Kit
-	nc  *nats.Conn
-}
-
-func startMariaDBStack(t *testing.T, guests int) (*mdbStack, []*testkit.Guest) {
+func startMariaDBStack(t *testing.T, guests int) (*pgrStack, []*testkit.Guest) {
 	t.Helper()
 	k := testkit.Start(t, testkit.Options{Engine: guestv1.EngineMariaDB, Guests: guests, Prefix: "mdb"})
 	ctx := context.Background()
@@ -51,61 +41,7 @@ func startMariaDBStack(t *testing.T, guests int) (*mdbStack, []*testkit.Guest) {
 	}
 	t.Cleanup(func() { _ = ss.Stop() })
 	startBackupRestore(t, k.Conn(), false)
-	return &mdbStack{kit: k, nc: k.Conn()}, k.Guests()
-}
-
-// job submits a job to group's op and follows it to its end.
-func (st *mdbStack) job(t *testing.T, group, op string, req any) jobs.Job {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	var j jobs.Job
-	if err := rpc.Call(ctx, st.nc, backupv1.Subject(group, op), req, &j); err != nil {
-		t.Fatalf("%s.%s: %v", group, op, err)
-	}
-	for !j.State.Final() {
-		time.Sleep(200 * time.Millisecond)
-		if err := rpc.Call(ctx, st.nc, backupv1.Subject(group, backupv1.OpJobStatus), backupv1.IDRequest{ID: j.ID}, &j); err != nil {
-			t.Fatalf("job %s: %v", j.ID, err)
-		}
-	}
-	return j
-}
-
-// backup makes a backup and requires it COMPLETED.
-func (st *mdbStack) backup(t *testing.T, req backupv1.CreateRequest) catalog.Manifest {
-	t.Helper()
-	start := time.Now()
-	j := st.job(t, backupv1.BackupGroup, backupv1.OpCreate, req)
-	if j.State != jobs.StateSucceeded {
-		t.Fatalf("backup %s %s of %s: %s: %v", req.Strategy, req.Type, req.Instance, j.State, j.Error)
-	}
-	var res backupv1.BackupResult
-	if err := json.Unmarshal(j.Result, &res); err != nil {
-		t.Fatal(err)
-	}
-	m := res.Backup
-	t.Logf("backup %s (%s %s): %d raw bytes, %d stored, positions %v, tools %v, %s", m.ID, m.Strategy, m.Type, m.RawSize, m.StoredSize, m.Positions, m.Tools, time.Since(start).Round(time.Millisecond))
-	if m.State != catalog.StateCompleted {
-		t.Fatalf("backup %s is %s", m.ID, m.State)
-	}
-	return m
-}
-
-// restore restores a backup into a guest and returns the job (succeeded or not).
-func (st *mdbStack) restore(t *testing.T, backupID, instance, mode string) jobs.Job {
-	t.Helper()
-	start := time.Now()
-	j := st.job(t, backupv1.RestoreGroup, backupv1.OpRestore, backupv1.RestoreRequest{Backup: backupID, Instance: instance, Mode: mode})
-	t.Logf("restore %s into %s (%s): %s in %s", backupID, instance, mode, j.State, time.Since(start).Round(time.Millisecond))
-	return j
-}
-
-func (st *mdbStack) mustRestore(t *testing.T, backupID, instance, mode string) {
-	t.Helper()
-	if j := st.restore(t, backupID, instance, mode); j.State != jobs.StateSucceeded {
-		t.Fatalf("restore %s into %s: %s: %v", backupID, instance, j.State, j.Error)
-	}
+	return &pgrStack{kit: k}, k.Guests()
 }
 
 // sql runs statements on a guest as root (inside the container: the harness, not the system under test)
@@ -314,7 +250,7 @@ func TestIntegrationMariaDBPhysicalChain(t *testing.T) {
 
 	stop := make(chan struct{})
 	wait := transfers(t, src, stop)
-	full := st.backup(t, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariabackup", Options: map[string]string{"parallel": "2"}})
+	full := st.backupOK(t, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariabackup", Options: map[string]string{"parallel": "2"}})
 	close(stop)
 	t.Logf("%d transfers committed around the full backup", wait())
 	if full.Positions["lsn_to"] == "" || full.Tools["mariadb-backup"] == "" {
@@ -322,7 +258,7 @@ func TestIntegrationMariaDBPhysicalChain(t *testing.T) {
 	}
 
 	// Point 1: restore the full backup taken under writes; it is consistent (the total is unchanged).
-	st.mustRestore(t, full.ID, dst.Instance, backupv1.ModeNew)
+	st.restoreOK(t, full.ID, dst.Instance, backupv1.ModeNew)
 	if got := sql(t, dst, "SELECT SUM(balance) FROM shop.accounts"); got != wantTotal {
 		t.Fatalf("a backup under writes restored to a total of %s, want %s", got, wantTotal)
 	}
@@ -341,7 +277,7 @@ func TestIntegrationMariaDBPhysicalChain(t *testing.T) {
 		INSERT INTO shop.added_after_full SELECT seq, 'x' FROM seq_1_to_50;
 		CREATE OR REPLACE VIEW shop.v_new AS SELECT id FROM shop.orders WHERE status = 'new';`)
 	at = append(at, canonical(t, src))
-	inc1 := st.backup(t, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariabackup", Type: catalog.TypeIncremental})
+	inc1 := st.backupOK(t, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariabackup", Type: catalog.TypeIncremental})
 	if inc1.Parent != full.ID || inc1.Positions["lsn_from"] != full.Positions["lsn_to"] {
 		t.Fatalf("incremental 1: parent %s, lsn_from %s; want %s, %s", inc1.Parent, inc1.Positions["lsn_from"], full.ID, full.Positions["lsn_to"])
 	}
@@ -354,19 +290,19 @@ func TestIntegrationMariaDBPhysicalChain(t *testing.T) {
 		INSERT INTO `+"`ünïcødé_δb`.`名前`"+` VALUES (4, 'после', REPEAT('ж', 100000));
 		INSERT INTO analytics.myisam_t SELECT seq, seq, JSON_ARRAY(seq) FROM seq_301_to_350;`+mdbManyTables(60, 5))
 	at = append(at, canonical(t, src))
-	inc2 := st.backup(t, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariabackup", Type: catalog.TypeIncremental})
+	inc2 := st.backupOK(t, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariabackup", Type: catalog.TypeIncremental})
 	if inc2.Parent != inc1.ID || inc2.Positions["lsn_from"] != inc1.Positions["lsn_to"] {
 		t.Fatalf("incremental 2: parent %s, lsn_from %s; want %s, %s", inc2.Parent, inc2.Positions["lsn_from"], inc1.ID, inc1.Positions["lsn_to"])
 	}
 
 	// Each point, restored into the target (mode new replaces what the previous restore left).
 	for i, id := range []string{inc2.ID, inc1.ID} {
-		st.mustRestore(t, id, dst.Instance, backupv1.ModeNew)
+		st.restoreOK(t, id, dst.Instance, backupv1.ModeNew)
 		sameContent(t, "restore of "+id, at[2-i], canonical(t, dst))
 	}
 	// The full backup alone is the source just after it, minus the transfers made after it: compare
 	// everything but the accounts.
-	st.mustRestore(t, full.ID, dst.Instance, backupv1.ModeNew)
+	st.restoreOK(t, full.ID, dst.Instance, backupv1.ModeNew)
 	if got := sql(t, dst, "SELECT SUM(balance) FROM shop.accounts"); got != wantTotal {
 		t.Fatalf("full restore total %s, want %s", got, wantTotal)
 	}
@@ -395,14 +331,14 @@ func TestIntegrationMariaDBDump(t *testing.T) {
 
 	stop := make(chan struct{})
 	wait := transfers(t, src, stop)
-	d := st.backup(t, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariadb-dump"})
+	d := st.backupOK(t, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariadb-dump"})
 	close(stop)
 	t.Logf("%d transfers committed around the dump", wait())
 	if d.Tools["mariadb-dump"] == "" || d.Type != catalog.TypeFull {
 		t.Fatalf("dump manifest: %+v", d)
 	}
 
-	st.mustRestore(t, d.ID, fresh.Instance, backupv1.ModeNew)
+	st.restoreOK(t, d.ID, fresh.Instance, backupv1.ModeNew)
 	if got := sql(t, fresh, "SELECT SUM(balance) FROM shop.accounts"); got != wantTotal {
 		t.Fatalf("a dump under writes restored to a total of %s, want %s", got, wantTotal)
 	}
@@ -415,7 +351,7 @@ func TestIntegrationMariaDBDump(t *testing.T) {
 
 	// Into an existing instance: its own database stays; the dump's schemas are laid over it.
 	sql(t, existing, "CREATE DATABASE keepme; CREATE TABLE keepme.k (id INT PRIMARY KEY); INSERT INTO keepme.k VALUES (1),(2),(3);")
-	st.mustRestore(t, d.ID, existing.Instance, backupv1.ModeExisting)
+	st.restoreOK(t, d.ID, existing.Instance, backupv1.ModeExisting)
 	if got := sql(t, existing, "SELECT COUNT(*) FROM keepme.k"); got != "3\n" {
 		t.Fatalf("the existing instance lost its own data: %q", got)
 	}
@@ -434,8 +370,8 @@ func TestIntegrationMariaDBRefusals(t *testing.T) {
 	sql(t, dst, "CREATE DATABASE untouched; CREATE TABLE untouched.t (id INT PRIMARY KEY); INSERT INTO untouched.t VALUES (7);")
 	before := canonical(t, dst)
 
-	full := st.backup(t, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariabackup"})
-	dump := st.backup(t, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariadb-dump"})
+	full := st.backupOK(t, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariabackup"})
+	dump := st.backupOK(t, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariadb-dump"})
 
 	expect := func(j jobs.Job, code errs.Code, says string) {
 		t.Helper()
@@ -446,20 +382,20 @@ func TestIntegrationMariaDBRefusals(t *testing.T) {
 		sameContent(t, "target after a refusal", before, canonical(t, dst))
 	}
 	// A physical backup cannot be loaded into an existing instance.
-	expect(st.restore(t, full.ID, dst.Instance, backupv1.ModeExisting), errs.BadRequest, "mode new")
+	expect(st.restoreJob(t, full.ID, dst.Instance, backupv1.ModeExisting), errs.BadRequest, "mode new")
 	// An incremental of a dump does not exist.
-	j := st.job(t, backupv1.BackupGroup, backupv1.OpCreate, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariadb-dump", Type: catalog.TypeIncremental})
+	j := st.run(t, backupv1.BackupGroup, backupv1.OpCreate, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariadb-dump", Type: catalog.TypeIncremental})
 	if j.State != jobs.StateFailed || j.Error == nil || j.Error.Code != errs.BadRequest {
 		t.Fatalf("incremental dump: %s %v", j.State, j.Error)
 	}
 	// An unknown strategy option.
-	j = st.job(t, backupv1.BackupGroup, backupv1.OpCreate, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariabackup", Options: map[string]string{"paralel": "2"}})
+	j = st.run(t, backupv1.BackupGroup, backupv1.OpCreate, backupv1.CreateRequest{Instance: src.Instance, Strategy: "mariabackup", Options: map[string]string{"paralel": "2"}})
 	if j.State != jobs.StateFailed || j.Error == nil || j.Error.Code != errs.BadRequest || !strings.Contains(j.Error.Message, "parallel") {
 		t.Fatalf("unknown option: %s %v", j.State, j.Error)
 	}
 	// A dump restored into a new guest cannot be of a newer series: covered by the unit tests (a guest of
 	// another MariaDB release is not at hand); the dump itself restores fine here.
-	st.mustRestore(t, dump.ID, dst.Instance, backupv1.ModeNew)
+	st.restoreOK(t, dump.ID, dst.Instance, backupv1.ModeNew)
 	if got := sql(t, dst, "SELECT id FROM d.t"); got != "1\n" {
 		t.Fatalf("dump restore: %q", got)
 	}

@@ -35,7 +35,7 @@ import (
 	"troveng.dev/shared/testkit"
 )
 
-// pgrStack is the storage, backup and restore services on a kit's NATS.
+// pgrStack is the storage, backup and restore services on a kit's NATS (used by the tests of every engine).
 type pgrStack struct {
 	kit *testkit.Kit
 }
@@ -114,13 +114,13 @@ func (st *pgrStack) backupOK(t *testing.T, req backupv1.CreateRequest) catalog.M
 	start := time.Now()
 	j := st.run(t, backupv1.BackupGroup, backupv1.OpCreate, req)
 	if j.State != jobs.StateSucceeded {
-		t.Fatalf("backup %s of %s: %s: %v", req.Strategy, req.Instance, j.State, j.Error)
+		t.Fatalf("backup %s %s of %s: %s: %v", req.Strategy, req.Type, req.Instance, j.State, j.Error)
 	}
 	var m catalog.Manifest
 	if err := rpc.Call(context.Background(), st.kit.Conn(), backupv1.Subject(backupv1.BackupGroup, backupv1.OpShow), backupv1.IDRequest{ID: j.ID}, &m); err != nil {
 		t.Fatalf("show %s: %v", j.ID, err)
 	}
-	t.Logf("backup %s (%s): %d raw bytes, %d stored, positions %v, tools %v, options %v, %s", m.ID, m.Strategy, m.RawSize, m.StoredSize, m.Positions, m.Tools, m.Options, time.Since(start).Round(time.Millisecond))
+	t.Logf("backup %s (%s %s): %d raw bytes, %d stored, positions %v, tools %v, options %v, %s", m.ID, m.Strategy, m.Type, m.RawSize, m.StoredSize, m.Positions, m.Tools, m.Options, time.Since(start).Round(time.Millisecond))
 	if m.State != catalog.StateCompleted {
 		t.Fatalf("backup %s is %s", m.ID, m.State)
 	}
