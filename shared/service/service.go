@@ -116,6 +116,7 @@ type Service struct {
 	tracer  trace.Tracer
 	metrics *telemetry.Metrics
 	log     *slog.Logger
+	nc      *nats.Conn
 
 	// Concurrent endpoints' goroutines: cancelled and waited for by Stop.
 	ctx    context.Context
@@ -158,7 +159,7 @@ func Start(nc *nats.Conn, spec Spec, tel *telemetry.Telemetry, m *telemetry.Metr
 		}
 	}
 
-	s := &Service{spec: spec, metrics: m, log: slog.Default().With("service", ServiceName(spec.Family))}
+	s := &Service{spec: spec, metrics: m, nc: nc, log: slog.Default().With("service", ServiceName(spec.Family))}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if tel != nil {
 		s.tracer = tel.Tracer()
@@ -236,10 +237,11 @@ func (s *Service) handler(ep Endpoint) micro.Handler {
 			return
 		}
 		s.wg.Add(1)
+		detached := detachedRequest{Request: req, nc: s.nc}
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-slots }()
-			serve(s.ctx, req)
+			serve(s.ctx, detached)
 		}()
 	})
 }

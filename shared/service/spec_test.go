@@ -3,7 +3,9 @@ package service_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -138,5 +140,49 @@ func TestMaxRequestBytes(t *testing.T) {
 	}
 	if called.Load() != 1 {
 		t.Fatalf("handler ran %d times, want 1", called.Load())
+	}
+}
+
+// TestConcurrentEndpointErrors: replies and coded errors of a concurrent endpoint, sent after micro's
+// handler has returned, reach the caller intact (run with -race: micro reads its request's reply outcome
+// unlocked when the handler returns, so answering through it from another goroutine was a data race).
+func TestConcurrentEndpointErrors(t *testing.T) {
+	srv := natstest.Start(t)
+	spec := service.Spec{Family: "para", Version: "0.1.0", Endpoints: []service.Endpoint{
+		{Name: "get", Concurrency: 4, Handler: service.JSON(func(ctx context.Context, r echoReq) (echoResp, error) {
+			if r.Count%2 == 1 {
+				return echoResp{}, errs.NotFoundf("item %d does not exist", r.Count)
+			}
+			return echoResp{Text: r.Text}, nil
+		})},
+	}}
+	svc, err := service.Start(srv.Connect(), spec, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Stop()
+	cli := srv.Connect()
+	var wg sync.WaitGroup
+	failures := make(chan error, 64)
+	for i := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var out echoResp
+			err := rpc.Call(ctxT(t, 10*time.Second), cli, "trove.para.v1.get", echoReq{Text: "x", Count: i}, &out)
+			switch {
+			case i%2 == 1 && !errs.Is(err, errs.NotFound):
+				failures <- fmt.Errorf("call %d: want not_found, got %v", i, err)
+			case i%2 == 1 && !strings.Contains(err.Error(), fmt.Sprintf("item %d does not exist", i)):
+				failures <- fmt.Errorf("call %d: message lost: %v", i, err)
+			case i%2 == 0 && (err != nil || out.Text != "x"):
+				failures <- fmt.Errorf("call %d: %+v %v", i, out, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(failures)
+	for err := range failures {
+		t.Error(err)
 	}
 }
