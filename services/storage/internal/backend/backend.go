@@ -95,6 +95,35 @@ type Direct interface {
 	PresignGet(ctx context.Context, key string) (PresignedRequest, ObjectInfo, error)
 }
 
+// StagedUpload is the state of a staged upload: Committed bytes are durable.
+type StagedUpload struct {
+	Key       string
+	Token     string
+	Committed int64
+}
+
+// Staged is implemented by strategies that keep a partial upload across the service's own restart: a
+// client appends segments, each durable when AppendStaged returns, and after an interruption asks
+// StagedStatus where to continue. Nothing is visible under the key until CompleteStaged.
+type Staged interface {
+	// BeginStaged starts a staged upload of key with meta.
+	BeginStaged(ctx context.Context, key string, meta map[string]string) (StagedUpload, error)
+	// StagedStatus returns the upload's state; a token that does not name an upload of key is
+	// errs.NotFound.
+	StagedStatus(ctx context.Context, key, token string) (StagedUpload, error)
+	// AppendStaged writes r's bytes at offset, which must be the committed size (errs.Conflict
+	// otherwise), and returns once they are durable. If r fails or ctx ends, the upload stays at its
+	// previous committed size.
+	AppendStaged(ctx context.Context, key, token string, offset int64, r io.Reader) (StagedUpload, error)
+	// CompleteStaged makes the staged bytes the object key (atomically, as Put does), if they are size
+	// bytes hashing to sha256; on mismatch the upload is dropped and the error is errs.Corrupt.
+	CompleteStaged(ctx context.Context, key, token string, size int64, sha256 string) (ObjectInfo, error)
+	// AbortStaged drops the upload (missing: errs.NotFound).
+	AbortStaged(ctx context.Context, key, token string) error
+	// AbortStagedPrefix drops every staged upload whose key starts with prefix and returns how many.
+	AbortStagedPrefix(ctx context.Context, prefix string) (int, error)
+}
+
 // List limits shared by all strategies.
 const (
 	DefaultListLimit = 1000

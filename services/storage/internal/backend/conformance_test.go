@@ -180,6 +180,7 @@ func runConformance(t *testing.T, st strategyUnderTest) {
 		{"CancelledContext", testCancelled},
 		{"Large", testLarge},
 		{"Ping", testPing},
+		{"Staged", testStaged},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, st) })

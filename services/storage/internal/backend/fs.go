@@ -32,8 +32,9 @@ import (
 //	objects/  one file per object; key "a/b/c" is objects/da/db/fc: every directory segment gets a "d"
 //	          prefix and the last segment an "f" prefix, so keys "a" and "a/b" can both exist (file "fa" next
 //	          to directory "da"). A key segment may be at most 254 bytes (the filesystem's name limit).
-//	tmp/      puts in progress (*.part); removed when a put fails, and at open when older than a day
-//	          (left behind by a crash).
+//	tmp/      puts in progress (*.part) and staged uploads (*.staged, *.stage: fs_staged.go); a put's
+//	          file is removed when it fails; any of them is removed at open when older than a day (left
+//	          behind by a crash or an abandoned staged upload).
 //
 // An object file is the object's bytes followed by a trailer: the JSON record (key, size, sha256,
 // metadata, modified), its length (4 bytes, big endian) and the magic "TROVEFS1". A put writes the whole
@@ -169,12 +170,10 @@ func (b *fsBackend) Put(ctx context.Context, key string, r io.Reader, meta map[s
 		return ObjectInfo{}, putError(ctx, key, err)
 	}
 	rec := fsRecord{Key: key, Size: size, SHA256: hex.EncodeToString(h.Sum(nil)), Metadata: copyMetadata(meta), Modified: time.Now().UTC()}
-	js, err := json.Marshal(rec)
+	trailer, err := rec.trailer()
 	if err != nil {
-		return ObjectInfo{}, errs.Wrap(errs.Internal, err, "put %q: encode record", key)
+		return ObjectInfo{}, err
 	}
-	trailer := binary.BigEndian.AppendUint32(js, uint32(len(js)))
-	trailer = append(trailer, fsMagic...)
 	if _, err := f.Write(trailer); err != nil {
 		return ObjectInfo{}, b.ioError(err, "put %q: write record", key)
 	}
@@ -308,6 +307,16 @@ func readTrailer(f *os.File, key string) (fsRecord, error) {
 		return fsRecord{}, errs.New(errs.Corrupt, "record of %q names key %q and %d bytes; the file holds %d", key, rec.Key, rec.Size, total-int64(fsTrailerLen)-n)
 	}
 	return rec, nil
+}
+
+// trailer is the record as it ends an object file.
+func (r fsRecord) trailer() ([]byte, error) {
+	js, err := json.Marshal(r)
+	if err != nil {
+		return nil, errs.Wrap(errs.Internal, err, "put %q: encode record", r.Key)
+	}
+	t := binary.BigEndian.AppendUint32(js, uint32(len(js)))
+	return append(t, fsMagic...), nil
 }
 
 func (r fsRecord) info() ObjectInfo {
