@@ -317,7 +317,7 @@ func (a *Agent) runExec(ctx context.Context, j *execs.Job, p *execPlan, rcv *str
 		src = streamSource{rcv}
 	case guestv1.StdinStorage:
 		tctx, tspan := a.tracer.Start(ctx, "guest.exec.transfer", trace.WithAttributes(attribute.String("guest.direction", "in")))
-		d, err := transfer.StartDownload(tctx, a.storage, *p.req.Stdin.Storage, p.limit, a.onResume(tctx, p.req.Stdin.Storage.Key))
+		d, err := transfer.StartDownload(tctx, a.storage, *p.req.Stdin.Storage, p.limit, a.onResume(tctx, p.req.Stdin.Storage.Key, "download"))
 		if err != nil {
 			tspan.End()
 			res.Error = errs.From(err)
@@ -345,7 +345,7 @@ func (a *Agent) runExec(ctx context.Context, j *execs.Job, p *execPlan, rcv *str
 	case guestv1.StdoutStorage:
 		tctx, tspan := a.tracer.Start(ctx, "guest.exec.transfer", trace.WithAttributes(attribute.String("guest.direction", "out")))
 		defer tspan.End()
-		u, err := transfer.StartUpload(tctx, a.storage, *p.req.Stdout.Storage, p.limit)
+		u, err := transfer.StartUpload(tctx, a.storage, *p.req.Stdout.Storage, p.limit, a.onResume(tctx, p.req.Stdout.Storage.Key, "upload"))
 		if err != nil {
 			endSource(err)
 			res.Error = errs.From(err)

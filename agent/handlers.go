@@ -153,7 +153,7 @@ func (a *Agent) runExtract(ctx context.Context, j *execs.Job, req guestv1.Extrac
 			}
 		}
 	case guestv1.SourceStorage:
-		d, err := transfer.StartDownload(ctx, a.storage, *req.Storage, ratelimit.New(req.BandwidthLimit), a.onResume(ctx, req.Storage.Key))
+		d, err := transfer.StartDownload(ctx, a.storage, *req.Storage, ratelimit.New(req.BandwidthLimit), a.onResume(ctx, req.Storage.Key, "download"))
 		if err != nil {
 			res.Error = errs.From(err)
 			return res

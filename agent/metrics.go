@@ -13,7 +13,7 @@ import (
 
 // metrics are the agent's own instruments besides the shared request and byte counters. Prometheus names:
 // trove_guest_execs_total{tool,outcome} (outcome: ok, exit_nonzero, or the error code; refused requests
-// count with the code of the refusal) and trove_guest_busy_total{op} (requests refused past MaxExecs) and trove_guest_resumes_total (downloads
+// count with the code of the refusal) and trove_guest_busy_total{op} (requests refused past MaxExecs) and trove_guest_resumes_total{direction} (downloads and uploads
 // resumed mid-transfer).
 type metrics struct {
 	common *telemetry.Metrics
@@ -40,7 +40,7 @@ func newMetrics(tel *telemetry.Telemetry) (*metrics, error) {
 		return nil, errs.Wrap(errs.Internal, err, "telemetry: create trove.guest.busy")
 	}
 	if m.resume, err = tel.Meter().Int64Counter("trove.guest.resumes",
-		metric.WithDescription("Storage downloads resumed after the storage service or the link to it failed mid-transfer.")); err != nil {
+		metric.WithDescription("Storage transfers (direction download or upload) resumed after the storage service or the link to it failed mid-transfer.")); err != nil {
 		return nil, errs.Wrap(errs.Internal, err, "telemetry: create trove.guest.resumes")
 	}
 	return m, nil
@@ -66,24 +66,25 @@ func (m *metrics) refusedBusy(ctx context.Context, op string) {
 	m.busy.Add(ctx, 1, metric.WithAttributeSet(attribute.NewSet(attribute.String("op", op))))
 }
 
-func (m *metrics) resumed(ctx context.Context) {
+func (m *metrics) resumed(ctx context.Context, direction string) {
 	if m.resume == nil {
 		return
 	}
-	m.resume.Add(ctx, 1)
+	m.resume.Add(ctx, 1, metric.WithAttributes(attribute.String("direction", direction)))
 }
 
 func (m *metrics) bytes(ctx context.Context, op, direction string, n int64) {
 	m.common.Bytes(ctx, op, direction, n)
 }
 
-// onResume is the hook of a storage download that resumed mid-transfer: logged, on the transfer's span,
-// and counted. Why it resumed (the storage service's error) is safe to log: errors carry no secrets.
-func (a *Agent) onResume(ctx context.Context, key string) func(offset int64, cause error) {
+// onResume is the hook of a storage transfer (direction "download" or "upload") that resumed
+// mid-transfer: logged, on the transfer's span, and counted. Why it resumed (the storage service's error)
+// is safe to log: errors carry no secrets.
+func (a *Agent) onResume(ctx context.Context, key, direction string) func(offset int64, cause error) {
 	return func(offset int64, cause error) {
-		a.log.Warn("storage download resumed", "key", key, "offset", offset, "cause", cause)
+		a.log.Warn("storage "+direction+" resumed", "key", key, "offset", offset, "cause", cause)
 		trace.SpanFromContext(ctx).AddEvent("resumed", trace.WithAttributes(
 			attribute.Int64("trove.offset", offset), attribute.String("trove.cause", string(errs.CodeOf(cause)))))
-		a.metrics.resumed(ctx)
+		a.metrics.resumed(ctx, direction)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -152,8 +153,10 @@ func exercise(t *testing.T, agentPerms natsauth.Permissions) (refused []string, 
 	if err != nil {
 		return nil, err
 	}
-	svc, err := storage.Start(context.Background(), storeNC, nil, storage.Config{Strategy: "fs", Options: map[string]string{"root": t.TempDir()},
-		Stream: testStream, Jobs: jobs.Options{AckWait: time.Second}})
+	storeRoot := t.TempDir()
+	storeCfg := storage.Config{Strategy: "fs", Options: map[string]string{"root": storeRoot},
+		Stream: testStream, Jobs: jobs.Options{AckWait: time.Second}}
+	svc, err := storage.Start(context.Background(), storeNC, nil, storeCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -267,6 +270,45 @@ func exercise(t *testing.T, agentPerms natsauth.Permissions) (refused []string, 
 	if err := step("extract from storage", r, err); err != nil {
 		return nil, err
 	}
+	// An upload whose tool fails is aborted (staged_abort).
+	r, err = gc.Run(ctx, guestv1.ExecRequest{Tool: "cat", Args: []string{"/nonexistent/input"},
+		Stdout: guestv1.StdoutSpec{Mode: guestv1.StdoutStorage, Storage: &guestv1.StorageRef{Key: "p/failed"}}}, nil)
+	if err != nil || r.ExitCode == 0 {
+		return nil, errs.Internalf("a failing tool's upload: exit %d, %v", r.ExitCode, err)
+	}
+	// An upload that outlives the storage service: stopped once the upload began, started again once the
+	// first segment waits for it (staged_status, then the rest).
+	pr, pw := io.Pipe()
+	up := make(chan error, 1)
+	go func() {
+		r, err := gc.Run(ctx, guestv1.ExecRequest{Tool: "cat", Stdin: guestv1.StdinSpec{Mode: guestv1.StdinStream},
+			Stdout: guestv1.StdoutSpec{Mode: guestv1.StdoutStorage, Storage: &guestv1.StorageRef{Key: "p/resumed"}}}, pr)
+		up <- step("stdout to storage across a storage restart", r, err)
+	}()
+	if _, err := pw.Write(genBytes(1<<20, 3)); err != nil {
+		return nil, errs.Internalf("stdin: %v", err)
+	}
+	for !stagedBegun(storeRoot) {
+		if ctx.Err() != nil {
+			return nil, errs.Unavailablef("the staged upload never began")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = svc.Stop()
+	if _, err := pw.Write(genBytes(storageclient.DefaultSegmentSize, 4)); err != nil { // a whole segment waits
+		return nil, errs.Internalf("stdin: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if svc, err = storage.Start(context.Background(), storeNC, nil, storeCfg); err != nil {
+		return nil, err
+	}
+	_ = pw.Close()
+	if err := <-up; err != nil {
+		return nil, err
+	}
+	if r, err := storageclient.New(cliNC, short).Stat(ctx, "p/resumed"); err != nil || r.Size != 1<<20+storageclient.DefaultSegmentSize {
+		return nil, errs.Internalf("the resumed upload: %+v %v", r, err)
+	}
 	// A few more beats, all written.
 	beats := a.Heartbeats()
 	deadline = time.Now().Add(3 * time.Second)
@@ -279,6 +321,12 @@ func exercise(t *testing.T, agentPerms natsauth.Permissions) (refused []string, 
 	return nil, nil
 }
 
+// stagedBegun reports whether a staged upload exists in the fs store at root.
+func stagedBegun(root string) bool {
+	m, _ := filepath.Glob(filepath.Join(root, "tmp", "*.stage"))
+	return len(m) > 0
+}
+
 // TestPermissionsSuffice: with the agent's permission set every operation works and no identity is
 // refused anything.
 func TestPermissionsSuffice(t *testing.T) {
@@ -289,11 +337,13 @@ func TestPermissionsSuffice(t *testing.T) {
 }
 
 // TestPermissionsAreMinimal: without any one of its subjects (but those of direct transfers, which need an
-// s3 strategy), something fails or is refused. The runs go at once: most of them only wait for a timeout.
+// s3 strategy, and plain put, see below), something fails or is refused. The runs go at once: most of them only wait for a timeout.
 func TestPermissionsAreMinimal(t *testing.T) {
 	full := Permissions("g1")
+	// Plain put is what a staged upload falls back to on a strategy without staged uploads (nats); the
+	// storage tests show the fallback (TestPutStagedFallsBack).
 	direct := []string{storagev1.EndpointPutDirect, storagev1.EndpointPresignParts, storagev1.EndpointCompleteDirect,
-		storagev1.EndpointAbortDirect, storagev1.EndpointGetDirect}
+		storagev1.EndpointAbortDirect, storagev1.EndpointGetDirect, storagev1.EndpointPut}
 	type outcome struct {
 		what    string
 		err     error

@@ -416,9 +416,15 @@ func TestFaults(t *testing.T) {
 			_, err := st.client.Put(ctx, "s3cut", pr, nil)
 			done <- err
 		}()
+		// Half the bytes go before S3 stops (parts are uploading), the rest only after: the put cannot
+		// finish while S3 is still up, however fast this machine is.
+		stopped := make(chan struct{})
 		go func() {
 			chunk := randomBytes(1<<20, 6)
 			for i := 0; i < 64; i++ {
+				if i == 32 {
+					<-stopped
+				}
 				if _, err := pw.Write(chunk); err != nil {
 					return
 				}
@@ -427,6 +433,7 @@ func TestFaults(t *testing.T) {
 		}()
 		time.Sleep(500 * time.Millisecond)
 		s3.Stop()
+		close(stopped)
 		select {
 		case err := <-done:
 			if err == nil {

@@ -19,6 +19,7 @@ type Store interface {
 	Get(ctx context.Context, key string, offset, length int64, w io.Writer, onStart func(storagev1.GetReply)) (storagev1.GetReply, error)
 	ListAll(ctx context.Context, prefix string, f func(storagev1.Object) error) error
 	Delete(ctx context.Context, key string) error
+	PurgeStaged(ctx context.Context, prefix string) (int, error)
 }
 
 // maxManifest bounds a manifest read back (a frame index is not in it; a few KiB is typical).
@@ -127,12 +128,17 @@ func (c *Catalog) List(ctx context.Context, f Filter, onBad func(id string, err 
 }
 
 // Remove deletes every object under the backup's prefix, its manifest last, so an interrupted delete still
-// leaves a manifest that says what remains. It does not check dependents: callers do (Set.Dependents).
+// leaves a manifest that says what remains; staged uploads under the prefix are dropped first. It does
+// not check dependents: callers do (Set.Dependents).
 func (c *Catalog) Remove(ctx context.Context, id string) error {
 	if err := ids.Validate("backup", id); err != nil {
 		return err
 	}
 	prefix := Prefix + id + "/"
+	// Uploads a writer that is gone (a killed guest, a cancelled exec) left unfinished go first.
+	if _, err := c.store.PurgeStaged(ctx, prefix); err != nil {
+		return err
+	}
 	var keys []string
 	if err := c.store.ListAll(ctx, prefix, func(o storagev1.Object) error {
 		keys = append(keys, o.Key)

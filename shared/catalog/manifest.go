@@ -86,6 +86,8 @@ type Artifact struct {
 	IndexSHA256 string `json:"index_sha256,omitempty"`
 	// ArtifactID is the id bound into every frame (the frames of another artifact are refused).
 	ArtifactID string `json:"artifact_id,omitempty"`
+	// Resumes counts how often the upload continued after storage went away mid-backup.
+	Resumes int `json:"resumes,omitempty"`
 }
 
 // Validate checks a manifest read from storage or about to be written.

@@ -97,8 +97,9 @@ func (g *gateReader) Read(p []byte) (int, error) {
 }
 
 type putResult struct {
-	obj storagev1.Object
-	err error
+	obj     storagev1.Object
+	resumes int
+	err     error
 }
 
 // frameWriter is the framed encoder (frames.go).
@@ -140,20 +141,26 @@ type Upload struct {
 
 // StartUpload asks the storage service for a put of ref and returns once it accepted (so a refusal fails
 // before the tool runs). ref.Frames.Key is wiped when the upload ends.
-func StartUpload(ctx context.Context, sc *storageclient.Client, ref guestv1.StorageRef, limit *ratelimit.Limiter) (*Upload, error) {
+//
+// A put that is not direct is staged (storageclient.PutStaged) where the strategy allows: the storage
+// service restarting or the link to it failing mid-upload costs the segment in flight, which is sent again
+// once storage answers, while the tool keeps writing (it blocks once the two segments held are full).
+// onResume, if not nil, hears of each resume. A direct put retries each part against the object store.
+func StartUpload(ctx context.Context, sc *storageclient.Client, ref guestv1.StorageRef, limit *ratelimit.Limiter, onResume func(offset int64, cause error)) (*Upload, error) {
 	pr, pw := io.Pipe()
 	gate := &gateReader{r: pr, open: make(chan struct{})}
 	u := &Upload{ref: ref, pw: pw, result: make(chan putResult, 1)}
 	go func() {
 		var obj storagev1.Object
+		var resumes int
 		var err error
 		if ref.Direct {
 			obj, err = sc.PutDirect(ctx, ref.Key, gate, ref.Meta)
 		} else {
-			obj, err = sc.Put(ctx, ref.Key, gate, ref.Meta)
+			obj, resumes, err = sc.PutStaged(ctx, ref.Key, gate, ref.Meta, storageclient.Staged{OnResume: onResume})
 		}
 		_ = pr.CloseWithError(errs.From(err)) // unblocks the writer when the put ended early
-		u.result <- putResult{obj, err}
+		u.result <- putResult{obj, resumes, err}
 	}()
 	select {
 	case <-gate.open:
@@ -224,7 +231,7 @@ func (u *Upload) Commit() (*guestv1.Artifact, map[string]int64, error) {
 	if r.err != nil {
 		return nil, nil, r.err
 	}
-	a := &guestv1.Artifact{Key: r.obj.Key, Size: r.obj.Size, SHA256: r.obj.SHA256, RawSize: u.raw}
+	a := &guestv1.Artifact{Key: r.obj.Key, Size: r.obj.Size, SHA256: r.obj.SHA256, RawSize: u.raw, Resumes: r.resumes}
 	stages := map[string]int64{}
 	if u.fw != nil {
 		s := u.fw.summary()

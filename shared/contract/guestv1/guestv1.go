@@ -276,6 +276,8 @@ type Artifact struct {
 	// IndexSHA256 is the SHA-256 of the frame index (hex): a manifest that records it can later prove the
 	// stored frames are the ones written, without trusting the object.
 	IndexSHA256 string `json:"index_sha256,omitempty"`
+	// Resumes counts how often the upload continued after the storage service or the link to it failed.
+	Resumes int `json:"resumes,omitempty"`
 }
 
 // File roots.

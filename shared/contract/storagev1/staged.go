@@ -9,6 +9,9 @@ const (
 	EndpointStagedAppend   = "staged_append"
 	EndpointStagedComplete = "staged_complete"
 	EndpointStagedAbort    = "staged_abort"
+	// EndpointStagedPurge drops every staged upload under a prefix: a cleanup for whoever owns the keys
+	// (a backup's leftovers when the writer that held the token is gone), not for the writers themselves.
+	EndpointStagedPurge = "staged_purge"
 )
 
 // NoStaged is in the bad_request message a strategy without staged uploads answers to staged_begin
@@ -53,15 +56,12 @@ type StagedCompleteRequest struct {
 	SHA256 string `json:"sha256"`
 }
 
-// StagedAbortRequest drops one staged upload (Key and Token), or, with only Prefix, every staged upload
-// whose key starts with Prefix (what a backup's cleanup uses when the writer that held the token is gone).
-type StagedAbortRequest struct {
-	Key    string `json:"key,omitempty"`
-	Token  string `json:"token,omitempty"`
-	Prefix string `json:"prefix,omitempty"`
+// StagedPurgeRequest drops every staged upload whose key starts with Prefix.
+type StagedPurgeRequest struct {
+	Prefix string `json:"prefix"`
 }
 
-// StagedAbortReply counts the staged uploads dropped.
-type StagedAbortReply struct {
+// StagedPurgeReply counts the staged uploads dropped.
+type StagedPurgeReply struct {
 	Aborted int `json:"aborted"`
 }

@@ -149,7 +149,7 @@ func (s *Server) complete(ctx context.Context, m *catalog.Manifest, res strategy
 		m.Artifacts = append(m.Artifacts, catalog.Artifact{
 			Name: p.Name, Key: catalog.ArtifactKey(m.ID, p.Name), Size: p.Artifact.Size, SHA256: p.Artifact.SHA256,
 			RawSize: p.Artifact.RawSize, Codec: p.Artifact.Codec, Frames: p.Artifact.Frames, FrameSize: frameSize,
-			IndexSHA256: p.Artifact.IndexSHA256, ArtifactID: artifactID(m.ID, p.Name),
+			IndexSHA256: p.Artifact.IndexSHA256, ArtifactID: artifactID(m.ID, p.Name), Resumes: p.Artifact.Resumes,
 		})
 		m.RawSize += p.Artifact.RawSize
 		m.StoredSize += p.Artifact.Size

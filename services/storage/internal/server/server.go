@@ -87,6 +87,12 @@ func (s *Server) Endpoints() []service.Endpoint {
 		{Name: storagev1.EndpointCompleteDirect, Handler: service.JSON(s.completeDirect), Mutating: true},
 		{Name: storagev1.EndpointAbortDirect, Handler: service.JSON(s.abortDirect), Mutating: true},
 		{Name: storagev1.EndpointGetDirect, Handler: service.JSON(s.getDirect)},
+		{Name: storagev1.EndpointStagedBegin, Handler: service.JSON(s.stagedBegin), Mutating: true},
+		{Name: storagev1.EndpointStagedStatus, Handler: service.JSON(s.stagedStatus)},
+		{Name: storagev1.EndpointStagedAppend, Handler: service.JSON(s.stagedAppend), Mutating: true},
+		{Name: storagev1.EndpointStagedComplete, Handler: service.JSON(s.stagedComplete), Mutating: true},
+		{Name: storagev1.EndpointStagedAbort, Handler: service.JSON(s.stagedAbort), Mutating: true},
+		{Name: storagev1.EndpointStagedPurge, Handler: service.JSON(s.stagedPurge), Mutating: true},
 	}
 }
 
