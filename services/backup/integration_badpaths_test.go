@@ -5,7 +5,7 @@ package backup_test
 // Bad paths of backup and restore jobs on real guests, while bytes move: a job cancelled mid-backup and
 // mid-restore, frames swapped or dropped in a stored artifact, the storage service restarted mid-backup,
 // and the source guest killed mid-backup. Each must end in a coded error (or, for the storage restart, a
-// COMPLETED backup after a retry) with nothing half-done left behind and the target untouched.
+// COMPLETED backup whose upload resumed) with nothing half-done left behind and the target untouched.
 //
 // One kit and one stack for all of it (subtests in order, sharing guests where that keeps them apart):
 // redis guests (redis-rdb is the quickest strategy), a source holding ~64 MiB of incompressible values,
@@ -463,15 +463,23 @@ redis-cli SET small "hello" >/dev/null`, fmt.Sprint(bpBlobs))
 		st.startStorage(t)
 		t.Logf("storage was down for %s", time.Since(stopped).Round(time.Millisecond))
 		j = st.waitFinal(t, backupv1.BackupGroup, j.ID, 2*time.Minute)
-		// Today the interrupted attempt fails unavailable and a later one starts over (attempts > 1); a
-		// resume inside one attempt would pass too: what counts is the outcome below.
 		t.Logf("backup %s: %s after %d attempts, last error %v", j.ID, j.State, j.Attempts, j.Error)
 		if j.State != jobs.StateSucceeded {
 			t.Fatalf("want the backup COMPLETED after the storage came back; got %s %v", j.State, j.Error)
 		}
+		// The upload resumed inside the one attempt (the agent kept the segment storage had not
+		// acknowledged and sent it again), instead of the job starting the backup over.
+		if j.Attempts != 1 {
+			t.Errorf("the backup took %d attempts; a resumed upload needs one", j.Attempts)
+		}
 		m, err := st.cat.Load(t.Context(), j.ID)
 		if err != nil || m.State != catalog.StateCompleted {
 			t.Fatalf("manifest %v %v", m, err)
+		}
+		if len(m.Artifacts) != 1 || m.Artifacts[0].Resumes < 1 {
+			t.Errorf("want the artifact's upload resumed at least once; manifest artifacts %+v", m.Artifacts)
+		} else {
+			t.Logf("the upload resumed %d time(s)", m.Artifacts[0].Resumes)
 		}
 		keys := st.objects(t, j.ID)
 		want := []string{catalog.ArtifactKey(j.ID, redis.RDBArtifact), catalog.ManifestKey(j.ID)}

@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"troveng.dev/services/storage"
 	"troveng.dev/shared/contract/storagev1"
 	"troveng.dev/shared/errs"
 	"troveng.dev/shared/jobs"
@@ -30,13 +31,15 @@ type s3Stack struct {
 	direct *storageclient.Client
 	s3     *s3.Client
 	bucket string
+	opts   map[string]string // the s3 strategy's configuration, for a restart
 }
 
 func startS3Stack(t *testing.T) *s3Stack {
 	t.Helper()
 	srv := s3test.Start(t)
-	st := startStack(t, "s3", map[string]string{"endpoint": srv.Endpoint(), "region": srv.Region(), "bucket": srv.Bucket(),
-		"access_key": srv.AccessKey(), "secret_key": srv.SecretKey(), "path_style": "true", "part_size": "5MiB", "concurrency": "3"})
+	opts := map[string]string{"endpoint": srv.Endpoint(), "region": srv.Region(), "bucket": srv.Bucket(),
+		"access_key": srv.AccessKey(), "secret_key": srv.SecretKey(), "path_style": "true", "part_size": "5MiB", "concurrency": "3"}
+	st := startStack(t, "s3", opts)
 	cfg, err := awsconfig.LoadDefaultConfig(t.Context(), awsconfig.WithRegion(srv.Region()),
 		awsconfig.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(srv.AccessKey(), srv.SecretKey(), "")))
 	if err != nil {
@@ -45,7 +48,7 @@ func startS3Stack(t *testing.T) *s3Stack {
 	cli := s3.NewFromConfig(cfg, func(o *s3.Options) { o.UsePathStyle = true; o.BaseEndpoint = aws.String(srv.Endpoint()) })
 	// Small chunks and batches, so a 20 MiB object takes several presign batches and ranged GETs.
 	direct := st.client.WithDirect(storageclient.DirectOptions{Concurrency: 3, GetChunkSize: 3 << 20, PresignBatch: 2})
-	return &s3Stack{stack: st, direct: direct, s3: cli, bucket: srv.Bucket()}
+	return &s3Stack{stack: st, direct: direct, s3: cli, bucket: srv.Bucket(), opts: opts}
 }
 
 // openUploads lists the bucket's unfinished multipart uploads.
@@ -336,5 +339,48 @@ func TestDirectFallback(t *testing.T) {
 				t.Fatalf("get direct fallback: %v %+v", err, rep)
 			}
 		})
+	}
+}
+
+// TestDirectPutOutlivesServiceRestart: the storage service is away between presign batches of a direct
+// upload; the parts already uploaded stay in the object store, the client waits and presigns the rest once
+// a service is back, and the object completes intact.
+func TestDirectPutOutlivesServiceRestart(t *testing.T) {
+	st := startS3Stack(t)
+	ctx := ctxT(t)
+	data := randomBytes(30<<20, 61)
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		obj, err := st.direct.PutDirect(ctx, "restart/direct.bin", pr, nil)
+		if err == nil && obj.SHA256 != sum(data) {
+			err = errs.Internalf("stored sha256 %s, want %s", obj.SHA256, sum(data))
+		}
+		done <- err
+	}()
+	if _, err := pw.Write(data[:12<<20]); err != nil { // two parts presigned (batch of 2) and going up
+		t.Fatal(err)
+	}
+	if err := st.svc.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = pw.Write(data[12<<20:]); _ = pw.Close() }()
+	time.Sleep(1500 * time.Millisecond)
+	svc, err := storage.Start(context.Background(), st.nc, st.tel, storage.Config{Strategy: "s3", Options: st.opts, Stream: testStream,
+		Jobs: jobs.Options{AckWait: 2 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop() })
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("direct put across the restart: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the direct put did not end")
+	}
+	if left := st.openUploads(t); len(left) != 0 {
+		t.Fatalf("open multipart uploads after the put: %v", left)
 	}
 }

@@ -280,9 +280,27 @@ func (u *directUpload) presigned(ctx context.Context, num int32) (storagev1.Pres
 	for n := num; n < num+int32(u.o.PresignBatch) && n <= u.up.MaxParts; n++ {
 		req.Parts = append(req.Parts, n)
 	}
+	// The parts already uploaded live in the object store, so a storage service away for a while (a
+	// restart) costs only the wait: retry the presigning as PutStaged resumes.
 	var rep storagev1.PresignPartsReply
-	if err := rpc.Call(ctx, u.c.nc, storagev1.Subject(storagev1.EndpointPresignParts), req, &rep); err != nil {
-		return storagev1.PresignedRequest{}, err
+	var failedAt time.Time
+	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+		err := rpc.Call(ctx, u.c.nc, storagev1.Subject(storagev1.EndpointPresignParts), req, &rep)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || !errs.Is(err, errs.Unavailable) && !errs.Is(err, errs.Timeout) && !errs.Is(err, errs.Busy) {
+			return storagev1.PresignedRequest{}, err
+		}
+		if failedAt.IsZero() {
+			failedAt = time.Now()
+		}
+		if time.Since(failedAt) >= DefaultResumeWithin {
+			return storagev1.PresignedRequest{}, errs.Wrap(errs.Unavailable, err, "put %q: gave up presigning part %d after %s", u.key, num, DefaultResumeWithin)
+		}
+		if werr := sleepCtx(ctx, backoff); werr != nil {
+			return storagev1.PresignedRequest{}, errs.Wrap(errs.CodeOfContext(ctx), context.Cause(ctx), "put %q: presigning part %d", u.key, num)
+		}
 	}
 	for _, p := range rep.Parts {
 		u.urls[p.Part] = p
