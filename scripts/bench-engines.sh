@@ -23,6 +23,6 @@ bash "$ROOT/scripts/build-bench-image.sh" >&2
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/^Mem:/ { print $2 " GiB" }') RAM, $(uname -r), $(go version | cut -d' ' -f3)"
 echo "== commit $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- services shared agent || echo ' (with uncommitted changes)'), sizes ${TROVE_BENCH_SIZES:-1GiB,2GiB}, image ${TROVE_BENCH_IMAGE:-localhost/trove-guest-bench:dev}"
 cmd=(go test -tags integration -run '^$' -bench "^${bench}" -benchtime 1x -count 1 -timeout 90m -v .)
-echo "== cd services/backup && flock /tmp/trove-integration.lock env GOWORK=off ${cmd[*]}"
+echo "== cd services/backup && flock -o /tmp/trove-integration.lock env GOWORK=off ${cmd[*]}"
 cd "$ROOT/services/backup"
-flock /tmp/trove-integration.lock env GOWORK=off "${cmd[@]}" 2>&1 | grep -v '^goos:\|^goarch:\|^pkg:\|^cpu:'
+flock -o /tmp/trove-integration.lock env GOWORK=off "${cmd[@]}" 2>&1 | grep -v '^goos:\|^goarch:\|^pkg:\|^cpu:'

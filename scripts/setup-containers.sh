@@ -116,7 +116,9 @@ if ! sock_answers; then
 	else
 		mkdir -p "$(dirname "$SOCK")"
 		rm -f "$SOCK" # a socket file left by a service that died would make the new one fail to listen
-		setsid nohup podman system service --time=0 "unix://$SOCK" >>"$LOG_FILE" 2>&1 </dev/null &
+		# Descriptors 3-9 closed: the service lives on after this script, and must not keep a lock the
+		# caller holds (flock LOCK cmd runs cmd with the lock on fd 3).
+		setsid nohup podman system service --time=0 "unix://$SOCK" >>"$LOG_FILE" 2>&1 </dev/null 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
 		echo $! >"$PID_FILE"
 		wait_sock || die "podman service did not answer on $SOCK within 10s; see $LOG_FILE"
 		say "podman service started (pid $(cat "$PID_FILE"), $SOCK) in $(since "$t")"
