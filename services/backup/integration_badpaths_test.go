@@ -4,7 +4,7 @@ package backup_test
 
 // Bad paths of backup and restore jobs on real guests, while bytes move: a job cancelled mid-backup and
 // mid-restore, frames swapped or dropped in a stored artifact, the storage service restarted mid-backup,
-// and the source guest killed mid-backup. Each must end in a coded error (or, for the storage restart, a
+// the source guest killed mid-backup, and the target killed mid-restore. Each must end in a coded error (or, for the storage restart, a
 // COMPLETED backup whose upload resumed) with nothing half-done left behind and the target untouched.
 //
 // One kit and one stack for all of it (subtests in order, sharing guests where that keeps them apart):
@@ -524,7 +524,32 @@ redis-cli SET small "hello" >/dev/null`, fmt.Sprint(bpBlobs))
 		} else if !errs.Is(err, errs.NotFound) {
 			t.Error(err)
 		}
-		// The agent died with its upload open: storage drops the partial object at the stream's idle timeout.
+		// The agent died with its upload open: the backup's cleanup purges its staged upload (a plain put's
+		// partial object would go at the stream's idle timeout).
 		st.waitNoPartialPuts(t, stream.DefaultIdleTimeout+15*time.Second)
+	})
+
+	// After the source: it kills the target. The restore fails unavailable (its worker does not hang on a
+	// dead guest), and the backup it read is untouched: still COMPLETED and verifying.
+	t.Run("target guest killed mid-restore", func(t *testing.T) {
+		j := st.submit(t, backupv1.RestoreGroup, backupv1.OpRestore, backupv1.RestoreRequest{Backup: good.ID, Instance: dst.Instance, BandwidthLimit: bpLimit})
+		st.waitExtracting(t, dst, j.ID, 1024)
+		if err := dst.Kill(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		killed := time.Now()
+		j = st.waitFinal(t, backupv1.RestoreGroup, j.ID, 90*time.Second)
+		t.Logf("restore %s: %s %s after the kill, %d attempts: %v", j.ID, j.State, time.Since(killed).Round(time.Millisecond), j.Attempts, j.Error)
+		if j.State != jobs.StateFailed || pgrJobCode(j) != errs.Unavailable {
+			t.Fatalf("want failed with code unavailable; got %s %v", j.State, j.Error)
+		}
+		m, err := st.cat.Load(t.Context(), good.ID)
+		if err != nil || m.State != catalog.StateCompleted {
+			t.Fatalf("the backup after a failed restore: %+v %v", m, err)
+		}
+		v := st.run(t, backupv1.BackupGroup, backupv1.OpVerify, backupv1.VerifyRequest{ID: good.ID})
+		if v.State != jobs.StateSucceeded {
+			t.Fatalf("verify of the backup after a failed restore: %s %v", v.State, v.Error)
+		}
 	})
 }

@@ -30,8 +30,15 @@ const callTimeout = 5 * time.Second
 // Snapshot returns the registration to write now (Heartbeat is set by the registry).
 type Snapshot func(ctx context.Context) guestv1.Registration
 
+// reconnectAfter is how many beats in a row may time out on a connection that says it is up before the
+// registry makes it reconnect: a link that died silently (a peer's packets dropped, a NAT or bridge that
+// lost the flow) looks connected until the client's pings run out, minutes by default, and meanwhile the
+// guest goes stale.
+const reconnectAfter = 3
+
 // Registry is a running heartbeat.
 type Registry struct {
+	nc       *nats.Conn
 	js       jetstream.JetStream
 	instance string
 	every    time.Duration
@@ -60,7 +67,7 @@ func Start(nc *nats.Conn, instance string, every time.Duration, snapshot Snapsho
 	if err != nil {
 		return nil, errs.Wrap(errs.Unavailable, err, "JetStream")
 	}
-	r := &Registry{js: js, instance: instance, every: every, snapshot: snapshot, log: log.With("component", "registry"),
+	r := &Registry{nc: nc, js: js, instance: instance, every: every, snapshot: snapshot, log: log.With("component", "registry"),
 		stop: make(chan struct{}), done: make(chan struct{})}
 	r.ctx, r.cancelC = context.WithCancel(context.Background())
 	r.last.Store(errBox{})
@@ -72,7 +79,7 @@ func (r *Registry) loop() {
 	defer close(r.done)
 	t := time.NewTicker(r.every)
 	defer t.Stop()
-	failing := false
+	failing, timeouts := false, 0
 	for {
 		err := r.Beat()
 		switch {
@@ -84,6 +91,18 @@ func (r *Registry) loop() {
 		case failing:
 			r.log.Info("heartbeat recovered")
 			failing = false
+		}
+		if err != nil && errors.Is(err, context.DeadlineExceeded) && r.nc.IsConnected() {
+			timeouts++
+		} else {
+			timeouts = 0
+		}
+		if timeouts >= reconnectAfter {
+			r.log.Warn("heartbeats time out on a connection that looks up; forcing a NATS reconnect", "timeouts", timeouts)
+			if ferr := r.nc.ForceReconnect(); ferr != nil {
+				r.log.Warn("forced reconnect refused", "error", ferr)
+			}
+			timeouts = 0
 		}
 		select {
 		case <-r.stop:
