@@ -158,7 +158,7 @@ func Connect(ctx context.Context, c Config, name string, extra ...nats.Option) (
 		nats.ReconnectJitter(500*time.Millisecond, time.Second),
 		// A link that died without a TCP reset is noticed after 3 unanswered pings (~30 s, not the
 		// default's ~4 min), then reconnected.
-		nats.PingInterval(10*time.Second),
+		nats.PingInterval(10 * time.Second),
 		nats.MaxPingsOutstanding(3),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
 			if err != nil {
