@@ -4,9 +4,8 @@ import (
 	"bufio"
 	"flag"
 	"io"
-	"strconv"
-	"strings"
 
+	"troveng.dev/shared/bytesize"
 	"troveng.dev/shared/datagen"
 	"troveng.dev/shared/errs"
 )
@@ -25,7 +24,7 @@ func Datagen(args []string, w io.Writer) error {
 	if fs.NArg() > 0 {
 		return errs.BadRequestf("datagen: unexpected argument %q (usage: datagen -bytes N -seed S)", fs.Arg(0))
 	}
-	n, err := ParseSize(*size)
+	n, err := bytesize.Parse(*size)
 	if err != nil {
 		return err
 	}
@@ -37,25 +36,4 @@ func Datagen(args []string, w io.Writer) error {
 		return errs.Wrap(errs.Unavailable, err, "datagen: write")
 	}
 	return nil
-}
-
-// ParseSize reads a byte count: a non-negative integer, optionally with a KiB, MiB, GiB or TiB suffix
-// (also K, M, G, T; powers of 1024).
-func ParseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}} {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < 0 || n > (1<<62)/mult {
-		return 0, errs.BadRequestf("size %q is not a non-negative byte count (e.g. 1048576, 64MiB, 2GiB)", s)
-	}
-	return n * mult, nil
 }

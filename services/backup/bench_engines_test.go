@@ -42,6 +42,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"troveng.dev/shared/benchdata"
+	"troveng.dev/shared/bytesize"
 	"troveng.dev/shared/catalog"
 	"troveng.dev/shared/contract/backupv1"
 	"troveng.dev/shared/contract/guestv1"
@@ -121,7 +123,7 @@ func startEngBench(b *testing.B, engineName, strategy string) *engBench {
 	if v := os.Getenv("TROVE_BENCH_SIZES"); v != "" {
 		sizes = nil
 		for _, s := range strings.Split(v, ",") {
-			n, err := engParseSize(s)
+			n, err := bytesize.Parse(s)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -473,17 +475,23 @@ func (e *engBench) shErr(g *testkit.Guest, script string, args ...string) (strin
 	return string(r.Stdout), nil
 }
 
-// parallel runs two loaders at once (one session keeps one core busy) and fails on the first error.
-func (e *engBench) parallel(load func(i int) error) {
-	errc := make(chan error, 2)
-	for i := range 2 {
-		go func() { errc <- load(i) }()
+// grow loads the generated tables of shared/benchdata (what bench:gen makes) into g through its agent, two
+// at a time (one session keeps one core busy), until the data is at least size bytes.
+func (e *engBench) grow(eng benchdata.Engine, g *testkit.Guest, size int64) int64 {
+	e.b.Helper()
+	reg, err := g.Registration(e.ctx)
+	if err != nil {
+		e.b.Fatal(err)
 	}
-	for range 2 {
-		if err := <-errc; err != nil {
-			e.b.Fatal(err)
-		}
+	admin, bench, err := benchdata.AgentQueries(g.Client, reg)
+	if err != nil {
+		e.b.Fatal(err)
 	}
+	have, err := eng.Grow(e.ctx, admin, bench, size, 0, 2, nil)
+	if err != nil {
+		e.b.Fatalf("generating %s data on %s: %v", eng.Name, g.Instance, err)
+	}
+	return have
 }
 
 // timed runs a bash pipeline in the guest under bash's `time` and returns its wall time (measured here),
@@ -505,43 +513,8 @@ func (e *engBench) timed(g *testkit.Guest, pipeline string) (time.Duration, floa
 
 type engMariaDB struct{}
 
-// engMariaDBTable is one generated table: ids from..to, realistic mixed columns: ints, a decimal, a date,
-// short text from a vocabulary plus numbers (compresses well), a hex digest (compresses ~2x) and 32 random
-// bytes (incompressible); ~230 bytes a row on disk.
-func engMariaDBTable(n, rows int) string {
-	return fmt.Sprintf(`CREATE TABLE bench.t_%03[1]d (id BIGINT PRIMARY KEY, customer INT NOT NULL, qty SMALLINT NOT NULL, amount DECIMAL(12,2) NOT NULL,
-  created DATETIME NOT NULL, status VARCHAR(16) NOT NULL, note VARCHAR(200) NOT NULL, digest CHAR(32) NOT NULL, token VARBINARY(32) NOT NULL, KEY (customer)) ENGINE=InnoDB;
-INSERT INTO bench.t_%03[1]d SELECT seq, (seq * 7919) %% 1000003, seq %% 97, (seq %% 100000) / 3.7, '2026-01-01' + INTERVAL (seq %% 31536000) SECOND,
-  ELT(1 + seq %% 5, 'new', 'paid', 'shipped', 'returned', 'cancelled'),
-  CONCAT_WS(' ', ELT(1 + seq %% 8, 'alpha', 'bravo', 'charlie', 'delta', 'echo', 'foxtrot', 'golf', 'hotel'), 'order', seq, 'for customer', (seq * 7919) %% 1000003, ELT(1 + (seq DIV 8) %% 6, 'express', 'standard', 'pickup', 'freight', 'gift wrapped', 'priority'), 'note', %[1]d),
-  MD5(CONCAT(seq, '-', %[1]d)), RANDOM_BYTES(32)
-FROM seq_1_to_%[2]d;`, n, rows)
-}
-
-func (engMariaDB) size(e *engBench, g *testkit.Guest) (int64, int) {
-	out := e.sh(g, `mariadb -N -B -e "SELECT COALESCE(SUM(data_length + index_length), 0), COUNT(*) FROM information_schema.tables WHERE table_schema = 'bench'"`)
-	var size int64
-	var tables int
-	if _, err := fmt.Sscan(out, &size, &tables); err != nil {
-		e.b.Fatalf("bench size %q: %v", out, err)
-	}
-	return size, tables
-}
-
-func (m engMariaDB) grow(e *engBench, g *testkit.Guest, size int64) int64 {
-	e.sh(g, `mariadb -e "CREATE DATABASE IF NOT EXISTS bench"`)
-	const rows = 500000 // ~115 MiB a table
-	for {
-		have, tables := m.size(e, g)
-		if have >= size {
-			// InnoDB's statistics lag behind; what matters is the files.
-			return have
-		}
-		e.parallel(func(i int) error {
-			_, err := e.shErr(g, `mariadb -e "$1"`, "USE bench; "+engMariaDBTable(tables+i+1, rows)+fmt.Sprintf(" ANALYZE TABLE bench.t_%03d;", tables+i+1))
-			return err
-		})
-	}
+func (engMariaDB) grow(e *engBench, g *testkit.Guest, size int64) int64 {
+	return e.grow(benchdata.MariaDB, g, size)
 }
 
 func (m engMariaDB) digest(e *engBench, g *testkit.Guest) string {
@@ -595,43 +568,8 @@ func (engPostgreSQL) psql(e *engBench, g *testkit.Guest, sql string) string {
 	return e.sh(g, engPSQL, sql)
 }
 
-// engPGTable is the PostgreSQL twin of engMariaDBTable (~190 bytes a row on disk with its primary key).
-func engPGTable(n, rows int) string {
-	return fmt.Sprintf(`SET synchronous_commit = off;
-CREATE TABLE t_%03[1]d (id bigint NOT NULL, customer int NOT NULL, qty smallint NOT NULL, amount numeric(12,2) NOT NULL,
-  created timestamptz NOT NULL, status text NOT NULL, note text NOT NULL, digest text NOT NULL, token bytea NOT NULL);
-INSERT INTO t_%03[1]d SELECT i, (i * 7919) %% 1000003, i %% 97, round((i %% 100000) / 3.7, 2), '2026-01-01'::timestamptz + (i %% 31536000) * interval '1 second',
-  (ARRAY['new', 'paid', 'shipped', 'returned', 'cancelled'])[1 + i %% 5],
-  concat_ws(' ', (ARRAY['alpha', 'bravo', 'charlie', 'delta', 'echo', 'foxtrot', 'golf', 'hotel'])[1 + i %% 8], 'order', i, 'for customer', (i * 7919) %% 1000003,
-    (ARRAY['express', 'standard', 'pickup', 'freight', 'gift wrapped', 'priority'])[1 + (i / 8) %% 6], 'note', %[1]d),
-  md5(i || '-' || %[1]d), gen_random_bytes(32)
-FROM generate_series(1::bigint, %[2]d) i;
-ALTER TABLE t_%03[1]d ADD PRIMARY KEY (id);
-CREATE INDEX ON t_%03[1]d (customer);
-ANALYZE t_%03[1]d;`, n, rows)
-}
-
-func (p engPostgreSQL) grow(e *engBench, g *testkit.Guest, size int64) int64 {
-	e.sh(g, `runuser -u postgres -- psql -X -q -h /run/postgresql -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'bench'" | grep -q 1 ||
-runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -h /run/postgresql -d postgres -c "CREATE DATABASE bench"`)
-	p.psql(e, g, "CREATE EXTENSION IF NOT EXISTS pgcrypto")
-	const rows = 600000
-	for {
-		var have int64
-		var tables int
-		out := p.psql(e, g, "SELECT pg_database_size('bench'), (SELECT count(*) FROM pg_tables WHERE schemaname = 'public')")
-		if _, err := fmt.Sscanf(strings.TrimSpace(out), "%d|%d", &have, &tables); err != nil {
-			e.b.Fatalf("bench size %q: %v", out, err)
-		}
-		if have >= size {
-			p.psql(e, g, "CHECKPOINT")
-			return have
-		}
-		e.parallel(func(i int) error {
-			_, err := e.shErr(g, engPSQL, engPGTable(tables+i+1, rows))
-			return err
-		})
-	}
+func (engPostgreSQL) grow(e *engBench, g *testkit.Guest, size int64) int64 {
+	return e.grow(benchdata.PostgreSQL, g, size)
 }
 
 func (p engPostgreSQL) digest(e *engBench, g *testkit.Guest) string {
@@ -786,23 +724,6 @@ func (e *engBench) report() {
 }
 
 // ---- small helpers ----
-
-func engParseSize(s string) (int64, error) {
-	s = strings.TrimSpace(s)
-	for _, u := range []struct {
-		suffix string
-		mul    int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}} {
-		if v, ok := strings.CutSuffix(s, u.suffix); ok {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || n <= 0 {
-				return 0, fmt.Errorf("size %q", s)
-			}
-			return n * u.mul, nil
-		}
-	}
-	return 0, fmt.Errorf("size %q: want e.g. 256MiB or 2GiB", s)
-}
 
 func engSizeName(n int64) string {
 	if n%(1<<30) == 0 {

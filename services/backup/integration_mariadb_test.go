@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"troveng.dev/services/storage"
+	"troveng.dev/shared/benchdata"
 	"troveng.dev/shared/catalog"
 	"troveng.dev/shared/contract/backupv1"
 	"troveng.dev/shared/contract/guestv1"
@@ -399,4 +400,24 @@ func TestIntegrationMariaDBRefusals(t *testing.T) {
 	if got := sql(t, dst, "SELECT id FROM d.t"); got != "1\n" {
 		t.Fatalf("dump restore: %q", got)
 	}
+
+	// The benchmark generator (bench:gen) through the agent, small: one round of two tables.
+	t.Run("benchmark data generator", func(t *testing.T) {
+		reg, err := src.Registration(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		admin, bench, err := benchdata.AgentQueries(src.Client, reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		size, err := benchdata.MariaDB.Grow(t.Context(), admin, bench, 1, 20000, 2, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sql(t, src, "SELECT COUNT(*) FROM bench.t_001; SELECT COUNT(*) FROM bench.t_002; SELECT COUNT(DISTINCT token) FROM bench.t_002"); got != "20000\n20000\n20000\n" {
+			t.Fatalf("generated tables hold %q", got)
+		}
+		t.Logf("generated %d bytes in 2 tables", size)
+	})
 }

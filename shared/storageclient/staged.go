@@ -110,7 +110,9 @@ func (p *stagedPut) run(ctx context.Context, r io.Reader) (storagev1.Object, err
 	stop := func(err error) error {
 		close(segs)
 		cancel()
-		<-sent
+		if serr := <-sent; err == nil {
+			return serr
+		}
 		return err
 	}
 

@@ -21,6 +21,7 @@ import (
 
 	"troveng.dev/agent"
 	"troveng.dev/shared/admin"
+	"troveng.dev/shared/bytesize"
 	"troveng.dev/shared/errs"
 	"troveng.dev/shared/service"
 	"troveng.dev/shared/telemetry"
@@ -177,7 +178,7 @@ func applyMemoryLimit(v string) error {
 	if os.Getenv("GOMEMLIMIT") != "" || v == "0" {
 		return nil
 	}
-	n, err := agent.ParseSize(v)
+	n, err := bytesize.Parse(v)
 	if err != nil || n == 0 {
 		return errs.BadRequestf("memory limit %q is not a positive size (e.g. 96MiB)", v)
 	}

@@ -29,7 +29,7 @@ func guestCmd(g *globals) *cobra.Command {
 trove.guest.<instance>.<operation>. start and stop run a local guest container from the guest image against
 the running stack (development and demos; in production the control plane provisions guests).`,
 	}
-	c.AddCommand(guestLsCmd(g), guestShowCmd(g), guestExecCmd(g), guestEngineCmd(g), guestStartCmd(g), guestStopCmd(g))
+	c.AddCommand(guestLsCmd(g), guestShowCmd(g), guestExecCmd(g), guestEngineCmd(g), guestGenCmd(g), guestStartCmd(g), guestStopCmd(g))
 	return c
 }
 

@@ -382,3 +382,21 @@ func TestUpListensForGuests(t *testing.T) {
 		t.Fatalf("--nats-listen without a host: %d", code)
 	}
 }
+
+// TestGuestGenRefusals: gen needs a size it can read and a MariaDB or PostgreSQL guest; the generation
+// itself runs against real engines in services/backup's MariaDB integration test (benchdata through the
+// agent, as gen calls it).
+func TestGuestGenRefusals(t *testing.T) {
+	ns := natstest.Start(t)
+	startAgent(t, agentConn(t, ns.URL(), "g-1", nil), "g-1")
+	nats := "--nats=" + ns.URL()
+	if code, _, stderr := runCLI(t, nats, "guest", "gen", "--size", "lots", "g-1"); code != 2 || !strings.Contains(stderr, "byte count") {
+		t.Fatalf("gen with a bad size: %d %q", code, stderr)
+	}
+	if code, _, stderr := runCLI(t, nats, "guest", "gen", "g-1"); code != 2 || !strings.Contains(stderr, "mariadb or postgresql") {
+		t.Fatalf("gen on a guest without a SQL engine: %d %q", code, stderr)
+	}
+	if code, _, stderr := runCLI(t, nats, "guest", "gen", "g.1"); code != 2 {
+		t.Fatalf("gen with a bad instance id: %d %q", code, stderr)
+	}
+}

@@ -16,8 +16,8 @@ import (
 	"strings"
 
 	"troveng.dev/services/storage"
-	"troveng.dev/services/storage/internal/backend"
 	"troveng.dev/shared/admin"
+	"troveng.dev/shared/bytesize"
 	"troveng.dev/shared/service"
 	"troveng.dev/shared/telemetry"
 )
@@ -110,7 +110,7 @@ func applyMemoryLimit(v string) error {
 	if os.Getenv("GOMEMLIMIT") != "" || v == "0" {
 		return nil
 	}
-	n, err := backend.ParseSize(v)
+	n, err := bytesize.Parse(v)
 	if err != nil || n == 0 {
 		return fmt.Errorf("-memory-limit %q is not a positive size (use e.g. 100MiB)", v)
 	}

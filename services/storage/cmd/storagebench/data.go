@@ -1,13 +1,11 @@
 package main
 
 import (
-	"fmt"
 	"hash"
 	"hash/crc32"
 	"io"
 	"math/rand/v2"
 	"strconv"
-	"strings"
 )
 
 // castagnoli is CRC-32C: hardware-accelerated, so checking every byte of every transfer costs almost nothing
@@ -62,27 +60,6 @@ func (s *sink) Write(p []byte) (int, error) {
 }
 
 func (s *sink) CRC() uint32 { return s.sum.Sum32() }
-
-// parseSize reads "1GiB", "512MiB", "4GB", "1048576".
-func parseSize(v string) (int64, error) {
-	v = strings.TrimSpace(v)
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1}}
-	mult := int64(1)
-	for _, u := range units {
-		if strings.HasSuffix(v, u.suffix) {
-			v, mult = strings.TrimSpace(strings.TrimSuffix(v, u.suffix)), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q is not a positive size such as 1GiB or 512MiB", v)
-	}
-	return n * mult, nil
-}
 
 // formatSize prints a size the way the flags take it.
 func formatSize(n int64) string {

@@ -40,16 +40,3 @@ func TestSinkChecksumMatchesSource(t *testing.T) {
 		t.Fatalf("sink saw %d bytes with CRC %08x, source gave CRC %08x", sk.n, sk.CRC(), src.CRC())
 	}
 }
-
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"1GiB": 1 << 30, "4GiB": 4 << 30, "512MiB": 512 << 20, "8 MiB": 8 << 20, "2GB": 2e9, "1048576": 1 << 20} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "0", "-1GiB", "1TiB", "GiB", "1.5GiB"} {
-		if _, err := parseSize(in); err == nil {
-			t.Errorf("parseSize(%q) accepted", in)
-		}
-	}
-}

@@ -30,6 +30,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"troveng.dev/shared/bytesize"
 )
 
 type config struct {
@@ -90,7 +92,10 @@ func parseFlags(args []string) (config, error) {
 	cfg := config{runs: *runs, concurrency: *concurrency, storageBin: *storageBin, versitygw: *versitygw,
 		dir: *dir, keep: *keep, seed: *seed, phases: map[string]bool{}, serviceEnv: serviceEnv}
 	for _, s := range strings.Split(*sizes, ",") {
-		n, err := parseSize(s)
+		n, err := bytesize.Parse(s)
+		if err == nil && n == 0 {
+			err = fmt.Errorf("%q: a size must be positive", s)
+		}
 		if err != nil {
 			return config{}, fmt.Errorf("-sizes: %w", err)
 		}
@@ -104,8 +109,8 @@ func parseFlags(args []string) (config, error) {
 		cfg.phases[p] = true
 	}
 	var err error
-	if cfg.partSize, err = parseSize(*partSize); err != nil {
-		return config{}, fmt.Errorf("-part-size: %w", err)
+	if cfg.partSize, err = bytesize.Parse(*partSize); err != nil || cfg.partSize == 0 {
+		return config{}, fmt.Errorf("-part-size %q: want a positive size such as 16MiB (%v)", *partSize, err)
 	}
 	if cfg.runs < 1 || cfg.concurrency < 1 {
 		return config{}, errors.New("-runs and -concurrency must be at least 1")

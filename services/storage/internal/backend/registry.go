@@ -3,7 +3,6 @@ package backend
 import (
 	"context"
 	"fmt"
-	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"troveng.dev/shared/bytesize"
 	"troveng.dev/shared/errs"
 )
 
@@ -139,37 +139,17 @@ func (c *config) integer(key string, def, min, max int64) (int64, error) {
 	return n, nil
 }
 
-// bytes reads a size (see ParseSize) between min and max.
+// bytes reads a size (bytesize.Parse) between min and max.
 func (c *config) bytes(key string, def, min, max int64) (int64, error) {
 	v, ok := c.values[key]
 	if !ok || v == "" {
 		return def, nil
 	}
-	n, err := ParseSize(v)
+	n, err := bytesize.Parse(v)
 	if err != nil || n < min || n > max {
 		return 0, errs.BadRequestf("%s strategy: %s=%q must be a size from %d to %d bytes (suffixes KiB, MiB, GiB allowed)", c.strategy, key, v, min, max)
 	}
 	return n, nil
-}
-
-// ParseSize reads a size: a non-negative integer number of bytes with an optional suffix KiB, MiB, GiB (or K,
-// M, G, also meaning powers of 1024).
-func ParseSize(v string) (int64, error) {
-	num, mult := strings.TrimSpace(v), int64(1)
-	for _, s := range []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}} {
-		if strings.HasSuffix(num, s.suffix) {
-			num, mult = strings.TrimSpace(strings.TrimSuffix(num, s.suffix)), s.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n < 0 || n > math.MaxInt64/mult {
-		return 0, errs.BadRequestf("%q is not a size (a number of bytes, suffixes KiB, MiB, GiB allowed)", v)
-	}
-	return n * mult, nil
 }
 
 func (c *config) duration(key string, def time.Duration) (time.Duration, error) {
