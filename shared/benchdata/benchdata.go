@@ -97,7 +97,7 @@ var (
 		},
 		SizeSQL: "SELECT pg_database_size('bench'), (SELECT count(*) FROM pg_tables WHERE schemaname = 'public')",
 		Table:   PostgreSQLTable, Rows: PostgreSQLRows,
-		Finish:  "CHECKPOINT",
+		Finish: "CHECKPOINT",
 	}
 )
 
