@@ -283,10 +283,12 @@ func exercise(t *testing.T, agentPerms natsauth.Permissions) (refused []string, 
 	go func() {
 		r, err := gc.Run(ctx, guestv1.ExecRequest{Tool: "cat", Stdin: guestv1.StdinSpec{Mode: guestv1.StdinStream},
 			Stdout: guestv1.StdoutSpec{Mode: guestv1.StdoutStorage, Storage: &guestv1.StorageRef{Key: "p/resumed"}}}, pr)
+		// A run that ended early (a permission missing) reads no more: the writes below must not hang.
+		_ = pr.CloseWithError(io.ErrClosedPipe)
 		up <- step("stdout to storage across a storage restart", r, err)
 	}()
 	if _, err := pw.Write(genBytes(1<<20, 3)); err != nil {
-		return nil, errs.Internalf("stdin: %v", err)
+		return nil, errs.Internalf("stdin: %v (the run: %v)", err, <-up)
 	}
 	for !stagedBegun(storeRoot) {
 		if ctx.Err() != nil {
@@ -296,7 +298,7 @@ func exercise(t *testing.T, agentPerms natsauth.Permissions) (refused []string, 
 	}
 	_ = svc.Stop()
 	if _, err := pw.Write(genBytes(storageclient.DefaultSegmentSize, 4)); err != nil { // a whole segment waits
-		return nil, errs.Internalf("stdin: %v", err)
+		return nil, errs.Internalf("stdin: %v (the run: %v)", err, <-up)
 	}
 	time.Sleep(300 * time.Millisecond)
 	if svc, err = storage.Start(context.Background(), storeNC, nil, storeCfg); err != nil {

@@ -124,9 +124,15 @@ func (st *pgrStack) cancel(t *testing.T, group, id string) {
 // dir beside the data dir (the agent's all-or-nothing extract: .<dir>.extract-<id>).
 func (st *pgrStack) waitExtracting(t *testing.T, g *testkit.Guest, id string, kib int) {
 	t.Helper()
+	st.waitStaging(t, g, id, "/var/lib/trove/.*.extract-*", kib)
+}
+
+// waitStaging waits until a directory matching glob on g holds more than kib KiB (a restore's staging).
+func (st *pgrStack) waitStaging(t *testing.T, g *testkit.Guest, id, glob string, kib int) {
+	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		out := pgrShell(t, g, `for d in /var/lib/trove/.*.extract-*; do [ -d "$d" ] && du -sk "$d"; done; true`)
+		out := pgrShell(t, g, `for d in `+glob+`; do [ -d "$d" ] && du -sk "$d"; done; true`)
 		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 			var n int
 			if _, err := fmt.Sscan(l, &n); err == nil && n > kib {

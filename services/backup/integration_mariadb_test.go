@@ -394,6 +394,21 @@ func TestIntegrationMariaDBRefusals(t *testing.T) {
 	if j.State != jobs.StateFailed || j.Error == nil || j.Error.Code != errs.BadRequest || !strings.Contains(j.Error.Message, "parallel") {
 		t.Fatalf("unknown option: %s %v", j.State, j.Error)
 	}
+	// A mariabackup restore cancelled while the chain streams into its staging dir: cancelled, the staging
+	// dir gone, the target's MariaDB never touched (it keeps running on its own data).
+	t.Run("mariabackup restore cancelled mid-download", func(t *testing.T) {
+		j := st.submit(t, backupv1.RestoreGroup, backupv1.OpRestore, backupv1.RestoreRequest{Backup: full.ID, Instance: dst.Instance, BandwidthLimit: 4 << 20})
+		st.waitStaging(t, dst, j.ID, "/var/lib/trove/.trove-restore-*", 1024)
+		st.cancel(t, backupv1.RestoreGroup, j.ID)
+		j = st.waitFinal(t, backupv1.RestoreGroup, j.ID, 60*time.Second)
+		if j.State != jobs.StateCancelled || pgrJobCode(j) != errs.Cancelled {
+			t.Fatalf("want cancelled with code cancelled; got %s %v", j.State, j.Error)
+		}
+		if out := pgrShell(t, dst, `ls -A /var/lib/trove`); strings.Contains(out, ".trove-restore-") {
+			t.Errorf("staging left on the target: %s", out)
+		}
+		sameContent(t, "target after a cancelled restore", before, canonical(t, dst))
+	})
 	// A dump restored into a new guest cannot be of a newer series: covered by the unit tests (a guest of
 	// another MariaDB release is not at hand); the dump itself restores fine here.
 	st.restoreOK(t, dump.ID, dst.Instance, backupv1.ModeNew)

@@ -124,6 +124,9 @@ func (t *Table) Launch(ctx context.Context, slot *Slot, tool string, run func(ct
 		t.mu.Lock()
 		j.result, j.ended = res, t.now()
 		t.mu.Unlock()
+		// The slot is free before anyone hears the job is done, so a caller that starts the next exec
+		// on that news is not refused busy (the deferred Release is then a no-op).
+		slot.Release()
 		close(j.done)
 		t.prune()
 	}()
