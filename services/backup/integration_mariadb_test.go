@@ -367,7 +367,10 @@ func TestIntegrationMariaDBDump(t *testing.T) {
 func TestIntegrationMariaDBRefusals(t *testing.T) {
 	st, gs := startMariaDBStack(t, 2)
 	src, dst := gs[0], gs[1]
-	sql(t, src, "CREATE DATABASE d; CREATE TABLE d.t (id INT PRIMARY KEY); INSERT INTO d.t VALUES (1);")
+	// 32 MiB of incompressible rows, so a restore slowed by its bandwidth limit is still downloading
+	// when the cancel test acts.
+	sql(t, src, "CREATE DATABASE d; CREATE TABLE d.t (id INT PRIMARY KEY); INSERT INTO d.t VALUES (1);"+
+		" CREATE TABLE d.blobs (id INT PRIMARY KEY, b VARBINARY(1024)); INSERT INTO d.blobs SELECT seq, RANDOM_BYTES(1024) FROM d.seq_1_to_32768;")
 	sql(t, dst, "CREATE DATABASE untouched; CREATE TABLE untouched.t (id INT PRIMARY KEY); INSERT INTO untouched.t VALUES (7);")
 	before := canonical(t, dst)
 

@@ -191,13 +191,21 @@ func (s mariabackupRestore) Restore(ctx context.Context, req Request) error {
 		}
 	}
 	// 3. Only now touch the engine: stop it, empty its data dir, move the prepared files in, start it.
-	if _, err := req.Guest.EngineReset(ctx, guestv1.EngineRequest{}); err != nil {
+	// A cancel is honoured up to here. From the reset on the restore runs to its end whatever happens to
+	// the job's context: stopped half-way, the target would hold neither its own data nor the backup's.
+	// The phase is short (a stop, a rename of the prepared files on the same filesystem, a start), and a
+	// cancel that arrives during it finds the restore done.
+	if err := ctx.Err(); err != nil {
+		return errs.Wrap(errs.CodeOfContext(ctx), context.Cause(ctx), "restore of %s cancelled before the target was touched", req.Chain[len(req.Chain)-1].ID)
+	}
+	commit := context.WithoutCancel(ctx)
+	if _, err := req.Guest.EngineReset(commit, guestv1.EngineRequest{}); err != nil {
 		return mariadbWrap(err, "reset the target's engine before moving the backup in")
 	}
-	if _, err := Run(ctx, req, "move-back", guestv1.ExecRequest{Tool: mariabackupTool, Args: l.moveBackArgs(dataDir)}); err != nil {
+	if _, err := Run(commit, req, "move-back", guestv1.ExecRequest{Tool: mariabackupTool, Args: l.moveBackArgs(dataDir)}); err != nil {
 		return mariadbWrap(err, "mariadb-backup --move-back into %s", dataDir)
 	}
-	return mariadbStart(ctx, req, guestv1.EngineRequest{NoInit: true})
+	return mariadbStart(commit, req, guestv1.EngineRequest{NoInit: true})
 }
 
 // mariabackupCheckTool compares the target's mariadb-backup release with the backups' before any byte moves.
