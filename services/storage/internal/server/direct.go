@@ -23,13 +23,19 @@ import (
 func (s *Server) direct() (backend.Direct, error) {
 	d, ok := s.be.(backend.Direct)
 	if !ok {
-		name := s.opts.Strategy
-		if name == "" {
-			name = "this storage strategy"
-		}
-		return nil, errs.BadRequestf("%s %s; use put and get", name, storagev1.NoDirect)
+		return nil, s.unsupported(storagev1.NoDirect, "put and get")
 	}
 	return d, nil
+}
+
+// unsupported is the bad_request of an optional capability this strategy lacks: "<strategy> <marker>;
+// use <instead>". Clients recognise the marker and fall back.
+func (s *Server) unsupported(marker, instead string) error {
+	name := s.opts.Strategy
+	if name == "" {
+		name = "this storage strategy"
+	}
+	return errs.BadRequestf("%s %s; use %s", name, marker, instead)
 }
 
 func toPresigned(p backend.PresignedRequest) storagev1.PresignedRequest {

@@ -140,6 +140,16 @@ func (s *Server) put(ctx context.Context, req storagev1.PutRequest) (storagev1.P
 	if err := backend.ValidateMetadata(req.Metadata); err != nil {
 		return storagev1.PutReply{}, err
 	}
+	return s.receive(ctx, "put", req.Key, func(ctx context.Context, r io.Reader) (any, int64, error) {
+		info, err := s.be.Put(ctx, req.Key, r, req.Metadata)
+		return toObject(info), info.Size, err
+	})
+}
+
+// receive opens an upload stream and writes what arrives with write in the background: the stream's final
+// acknowledgement carries write's result as JSON once write returned, or its error. op names the span
+// ("storage.<op>.write"), the metrics and the logs; n is the bytes stored.
+func (s *Server) receive(ctx context.Context, op, key string, write func(ctx context.Context, r io.Reader) (result any, n int64, err error)) (storagev1.PutReply, error) {
 	if err := s.acquire(); err != nil {
 		return storagev1.PutReply{}, err
 	}
@@ -148,22 +158,22 @@ func (s *Server) put(ctx context.Context, req storagev1.PutRequest) (storagev1.P
 		s.release()
 		return storagev1.PutReply{}, errs.Wrap(errs.Unavailable, err, "cannot open the upload stream")
 	}
-	s.background(ctx, "storage.put.write", func(ctx context.Context) {
+	s.background(ctx, "storage."+op+".write", func(ctx context.Context) {
 		defer s.release()
 		defer func() { _ = rcv.Close() }()
 		start := time.Now()
-		info, err := s.be.Put(ctx, req.Key, rcv, req.Metadata)
+		result, n, err := write(ctx, rcv)
 		if err != nil {
-			slog.Warn("put failed", "key", req.Key, "error", err)
+			slog.Warn(op+" failed", "key", key, "error", err)
 			rcv.Fail(err)
-			s.metrics.Request(ctx, "storage.put.transfer", errs.CodeOf(err), time.Since(start))
+			s.metrics.Request(ctx, "storage."+op+".transfer", errs.CodeOf(err), time.Since(start))
 			return
 		}
-		s.metrics.Bytes(ctx, "put", "in", info.Size)
-		s.metrics.Request(ctx, "storage.put.transfer", "", time.Since(start))
-		body, _ := json.Marshal(toObject(info))
+		s.metrics.Bytes(ctx, "put", "in", n)
+		s.metrics.Request(ctx, "storage."+op+".transfer", "", time.Since(start))
+		body, _ := json.Marshal(result)
 		if err := rcv.Finish(body); err != nil {
-			slog.Warn("put: final acknowledgement not delivered", "key", req.Key, "error", err)
+			slog.Warn(op+": final acknowledgement not delivered", "key", key, "error", err)
 		}
 	})
 	return storagev1.PutReply{Stream: rcv.Subject(), ChunkSize: s.opts.Stream.ChunkSize}, nil

@@ -2,15 +2,12 @@ package server
 
 import (
 	"context"
-	"encoding/json"
-	"log/slog"
-	"time"
+	"io"
 
 	"troveng.dev/services/storage/internal/backend"
 	"troveng.dev/shared/contract/storagev1"
 	"troveng.dev/shared/errs"
 	"troveng.dev/shared/ids"
-	"troveng.dev/shared/stream"
 )
 
 // Staged uploads (backend.Staged): a put in segments, each durable in the strategy once its stream is
@@ -20,11 +17,7 @@ import (
 func (s *Server) staged() (backend.Staged, error) {
 	st, ok := s.be.(backend.Staged)
 	if !ok {
-		name := s.opts.Strategy
-		if name == "" {
-			name = "this storage strategy"
-		}
-		return nil, errs.BadRequestf("%s %s; use put", name, storagev1.NoStaged)
+		return nil, s.unsupported(storagev1.NoStaged, "put")
 	}
 	return st, nil
 }
@@ -87,33 +80,10 @@ func (s *Server) stagedAppend(ctx context.Context, req storagev1.StagedAppendReq
 	if cur.Committed != req.Offset {
 		return storagev1.PutReply{}, errs.New(errs.Conflict, "staged upload of %q holds %d bytes; an append must start there, not at %d", req.Key, cur.Committed, req.Offset)
 	}
-	if err := s.acquire(); err != nil {
-		return storagev1.PutReply{}, err
-	}
-	rcv, err := stream.Listen(s.ctx, s.nc, s.opts.Stream)
-	if err != nil {
-		s.release()
-		return storagev1.PutReply{}, errs.Wrap(errs.Unavailable, err, "cannot open the upload stream")
-	}
-	s.background(ctx, "storage.staged_append.write", func(ctx context.Context) {
-		defer s.release()
-		defer func() { _ = rcv.Close() }()
-		start := time.Now()
-		up, err := st.AppendStaged(ctx, req.Key, req.Token, req.Offset, rcv)
-		if err != nil {
-			slog.Warn("staged append failed", "key", req.Key, "offset", req.Offset, "error", err)
-			rcv.Fail(err)
-			s.metrics.Request(ctx, "storage.staged_append.transfer", errs.CodeOf(err), time.Since(start))
-			return
-		}
-		s.metrics.Bytes(ctx, "put", "in", up.Committed-req.Offset)
-		s.metrics.Request(ctx, "storage.staged_append.transfer", "", time.Since(start))
-		body, _ := json.Marshal(toStaged(up))
-		if err := rcv.Finish(body); err != nil {
-			slog.Warn("staged append: final acknowledgement not delivered", "key", req.Key, "error", err)
-		}
+	return s.receive(ctx, "staged_append", req.Key, func(ctx context.Context, r io.Reader) (any, int64, error) {
+		up, err := st.AppendStaged(ctx, req.Key, req.Token, req.Offset, r)
+		return toStaged(up), up.Committed - req.Offset, err
 	})
-	return storagev1.PutReply{Stream: rcv.Subject(), ChunkSize: s.opts.Stream.ChunkSize}, nil
 }
 
 func (s *Server) stagedComplete(ctx context.Context, req storagev1.StagedCompleteRequest) (storagev1.Object, error) {
