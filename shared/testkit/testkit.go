@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"sync"
@@ -211,6 +212,9 @@ func New(ctx context.Context, o Options) (k *Kit, err error) {
 		if err := waitLocalAddr(ctx, k.gateway, 10*time.Second); err != nil {
 			return nil, err
 		}
+	}
+	if isLocalAddr(k.gateway) {
+		pinBridgeMAC(k.gateway)
 	}
 	if k.dir, err = os.MkdirTemp("", "testkit-nats-"); err != nil {
 		return nil, fmt.Errorf("testkit: %w", err)
@@ -406,6 +410,41 @@ func isLocalAddr(ip string) bool {
 		}
 	}
 	return false
+}
+
+// pinBridgeMAC fixes the MAC address of the host bridge that holds gateway. A Linux bridge whose address
+// was never set takes the lowest MAC of its ports, so removing a container (a guest killed by a test) can
+// change it; the other guests' ARP entries for the gateway then point nowhere, and their connections to the
+// kit's servers (NATS) hang until the entries expire, tens of seconds. Setting the address to the one it
+// has makes it stick. Best effort: without the right (not root) the kit runs as before.
+func pinBridgeMAC(gateway string) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return
+	}
+	want, err := netip.ParseAddr(gateway)
+	if err != nil {
+		return
+	}
+	for _, ifc := range ifs {
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			p, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			if got, ok := netip.AddrFromSlice(p.IP); !ok || got.Unmap() != want || len(ifc.HardwareAddr) == 0 {
+				continue
+			}
+			if out, err := exec.Command("ip", "link", "set", "dev", ifc.Name, "address", ifc.HardwareAddr.String()).CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "testkit: could not pin the MAC of bridge %s (guests may lose the gateway when one is removed): %v %s\n", ifc.Name, err, out)
+			}
+			return
+		}
+	}
 }
 
 func waitLocalAddr(ctx context.Context, ip string, d time.Duration) error {
