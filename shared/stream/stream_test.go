@@ -241,8 +241,8 @@ func TestWindowCappedByBytes(t *testing.T) {
 // must not fail the stream: the blocked side keeps pinging.
 func TestSlowPartiesAreNotDead(t *testing.T) {
 	// Idle timeouts this short only suit tests; on a loaded machine (race detector, other packages'
-	// tests) scheduling alone can take a good part of 100ms, hence not less than this.
-	const idle = 500 * time.Millisecond
+	// tests, a cold build beside them) the first message after Listen took over 500ms twice, hence 1s.
+	const idle = time.Second
 	const stall = 3 * idle
 	checkLeaks(t) // for all subtests, which run in parallel
 	cases := []struct {
