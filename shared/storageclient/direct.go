@@ -23,8 +23,8 @@ import (
 
 // Direct transfers move the bytes between this process and object storage through presigned URLs, so they
 // cross neither NATS nor the storage service (which only starts, presigns and verifies). This process must
-// be able to reach the object store's endpoint. A strategy without direct transfers (fs, nats) makes
-// PutDirect and GetDirect fall back to Put and Get.
+// be able to reach the object store's endpoint. On a strategy without direct transfers (fs, nats)
+// PutDirect falls back to PutStaged (then Put) and GetDirect to Get.
 //
 // Presigned URLs are bearer secrets: they are never logged and never put into errors (net/http's errors
 // quote the URL, so only their cause is kept).
@@ -88,7 +88,8 @@ func noDirect(err error) bool {
 // Concurrency part buffers (hashing the whole stream on the way), the parts go up in parallel to presigned
 // URLs (each retried up to Attempts times), and the service verifies size and SHA-256 before the object
 // becomes visible. Any failure, ctx's end included, aborts the upload. If the strategy has no direct
-// transfers it falls back to Put.
+// transfers it falls back to PutStaged (a plain Put where staged uploads are missing too), so the upload
+// still survives a storage service restart where the strategy allows.
 func (c *Client) PutDirect(ctx context.Context, key string, r io.Reader, meta map[string]string) (storagev1.Object, error) {
 	if err := ids.ValidateKey(key); err != nil {
 		return storagev1.Object{}, err
@@ -99,7 +100,8 @@ func (c *Client) PutDirect(ctx context.Context, key string, r io.Reader, meta ma
 	var up storagev1.PutDirectReply
 	err := rpc.Call(ctx, c.nc, storagev1.Subject(storagev1.EndpointPutDirect), storagev1.PutDirectRequest{Key: key, Metadata: meta}, &up)
 	if noDirect(err) {
-		return c.Put(ctx, key, r, meta)
+		obj, _, err := c.PutStaged(ctx, key, r, meta, Staged{})
+		return obj, err
 	}
 	if err != nil {
 		return storagev1.Object{}, err
