@@ -37,15 +37,23 @@ type countingWriter struct{ n int64 }
 
 func (c *countingWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
 
-// BenchmarkWrite: zstd level 1 + AES-256-GCM + SHA-256, 4 MiB frames, Workers = GOMAXPROCS; MB/s of raw input.
-func BenchmarkWrite(b *testing.B) {
+// BenchmarkWrite: zstd level 1 + AES-256-GCM + SHA-256 of each frame, 4 MiB frames, Workers =
+// GOMAXPROCS, as the agent writes artifacts (NoStoredHash: its storage client hashes the stored bytes on
+// their way out); MB/s of raw input.
+func BenchmarkWrite(b *testing.B) { benchWrite(b, true) }
+
+// BenchmarkWriteStoredHash also computes the whole-artifact SHA-256 (Summary.SHA256): a second pass over
+// the stored bytes.
+func BenchmarkWriteStoredHash(b *testing.B) { benchWrite(b, false) }
+
+func benchWrite(b *testing.B, noStoredHash bool) {
 	data := benchData()
 	b.SetBytes(int64(len(data)))
 	var stored int64
 	start := cpuTime()
 	for b.Loop() {
 		var out countingWriter
-		w, err := NewWriter(&out, Options{ArtifactID: "bench", Key: key1})
+		w, err := NewWriter(&out, Options{ArtifactID: "bench", Key: key1, NoStoredHash: noStoredHash})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -64,8 +72,14 @@ func BenchmarkWrite(b *testing.B) {
 	b.ReportMetric(float64(runtime.GOMAXPROCS(0)), "workers")
 }
 
-// BenchmarkRead decodes the artifact BenchmarkWrite makes (GCM open, SHA-256, zstd) to io.Discard.
-func BenchmarkRead(b *testing.B) {
+// BenchmarkRead decodes the artifact BenchmarkWrite makes (GCM open per frame, zstd) to io.Discard, as
+// the agent reads artifacts (NoStoredHash: the storage client's get checks the whole object's SHA-256).
+func BenchmarkRead(b *testing.B) { benchRead(b, true) }
+
+// BenchmarkReadStoredHash also computes the whole-artifact SHA-256.
+func BenchmarkReadStoredHash(b *testing.B) { benchRead(b, false) }
+
+func benchRead(b *testing.B, noStoredHash bool) {
 	data := benchData()
 	var art bytes.Buffer
 	w, err := NewWriter(&art, Options{ArtifactID: "bench", Key: key1})
@@ -81,7 +95,7 @@ func BenchmarkRead(b *testing.B) {
 	b.SetBytes(int64(len(data)))
 	start := cpuTime()
 	for b.Loop() {
-		r, err := NewReader(bytes.NewReader(art.Bytes()), ReadOptions{ArtifactID: "bench", Key: key1})
+		r, err := NewReader(bytes.NewReader(art.Bytes()), ReadOptions{ArtifactID: "bench", Key: key1, NoStoredHash: noStoredHash})
 		if err != nil {
 			b.Fatal(err)
 		}

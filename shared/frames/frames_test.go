@@ -247,3 +247,39 @@ func TestOptionsValidation(t *testing.T) {
 }
 
 func dumpReader() io.Reader { return datagen.New(1) }
+
+// NoStoredHash changes nothing in the artifact, only what the summaries report; Verify still hashes.
+func TestNoStoredHash(t *testing.T) {
+	noLeak(t)
+	data := dumpBytes(3*fs+777, 4)
+	o := opts("a", key1, "")
+	o.Workers = 1 // frame cuts and codec output are deterministic either way; one worker keeps it obvious
+	withHash, ws := write(t, data, o)
+	o.NoStoredHash = true
+	without, ns := write(t, data, o)
+	if !bytes.Equal(withHash, without) {
+		t.Fatal("NoStoredHash changed the artifact's bytes")
+	}
+	if ns.SHA256 != "" || ws.SHA256 == "" || ns.IndexSHA256 != ws.IndexSHA256 || ns.Frames != ws.Frames || ns.StoredSize != ws.StoredSize {
+		t.Fatalf("writer summaries: with %+v, without %+v", ws, ns)
+	}
+	ro := ropts("a", key1)
+	ro.NoStoredHash = true
+	got, rs, err := readAll(without, ro)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back: %v (equal %v)", err, bytes.Equal(got, data))
+	}
+	if rs.SHA256 != "" || rs.IndexSHA256 != ws.IndexSHA256 {
+		t.Fatalf("reader summary %+v", rs)
+	}
+	vs, err := Verify(bytes.NewReader(without), ro)
+	if err != nil || vs.SHA256 != ws.SHA256 {
+		t.Fatalf("Verify with NoStoredHash: %v, sha %q, want %q", err, vs.SHA256, ws.SHA256)
+	}
+	// The frames are still checked: a flipped byte in a frame body is refused.
+	bad := bytes.Clone(without)
+	bad[len(bad)/2] ^= 1
+	if _, _, err := readAll(bad, ro); !errs.Is(err, errs.Corrupt) {
+		t.Fatalf("flipped byte with NoStoredHash: %v, want corrupt", err)
+	}
+}

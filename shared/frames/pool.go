@@ -1,6 +1,9 @@
 package frames
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"hash"
 	"sync"
 )
 
@@ -73,4 +76,28 @@ func getDecompressor(codec byte, frameSize int) (decompressor, error) {
 
 func putDecompressor(d decompressor, codec byte, frameSize int) {
 	decPool.put([2]int{int(codec), frameSize}, d)
+}
+
+// nopHash stands in for the whole-artifact SHA-256 when the caller opted out (NoStoredHash).
+type nopHash struct{}
+
+func (nopHash) Write(p []byte) (int, error) { return len(p), nil }
+func (nopHash) Sum(b []byte) []byte         { return b }
+func (nopHash) Reset()                      {}
+func (nopHash) Size() int                   { return 0 }
+func (nopHash) BlockSize() int              { return 64 }
+
+func newStoredHash(skip bool) hash.Hash {
+	if skip {
+		return nopHash{}
+	}
+	return sha256.New()
+}
+
+// storedSum is the hex digest, or "" when the hash was skipped.
+func storedSum(h hash.Hash) string {
+	if _, skipped := h.(nopHash); skipped {
+		return ""
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }

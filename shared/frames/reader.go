@@ -22,6 +22,10 @@ type ReadOptions struct {
 	Key               []byte // required if the artifact is sealed; an unsealed artifact is refused when a key is given
 	Workers           int    // parallel decode workers; 0 = GOMAXPROCS
 	ExpectIndexSHA256 string // optional: if set, the index at the end must hash to this (hex)
+	// NoStoredHash leaves Summary.SHA256 empty, for a caller whose transfer already checked the stored
+	// bytes against their recorded SHA-256 (a whole-object get does). Ignored by Verify, which exists to
+	// report it.
+	NoStoredHash bool
 }
 
 // growChunk bounds how far a reader allocates ahead of bytes actually received.
@@ -40,12 +44,13 @@ type rjob struct {
 // Reader decodes a framed artifact read sequentially from src. Read and Close must be called from one
 // goroutine.
 type Reader struct {
-	src     io.Reader
-	h       fileHeader
-	aead    cipher.AEAD
-	decode  bool
-	workers int
-	expect  []byte
+	src      io.Reader
+	noStored bool
+	h        fileHeader
+	aead     cipher.AEAD
+	decode   bool
+	workers  int
+	expect   []byte
 
 	work  chan *rjob
 	order chan *rjob
@@ -100,7 +105,7 @@ func newReader(src io.Reader, o ReadOptions, decode bool) (*Reader, error) {
 	if err := validateID(o.ArtifactID); err != nil {
 		return nil, err
 	}
-	r := &Reader{src: src, decode: decode}
+	r := &Reader{src: src, decode: decode, noStored: o.NoStoredHash && decode}
 	var err error
 	if r.workers, err = workerCount(o.Workers); err != nil {
 		return nil, err
@@ -262,7 +267,7 @@ func (r *Reader) feed() {
 	defer r.wg.Done()
 	defer close(r.order)
 	defer close(r.work)
-	whole := sha256.New()
+	whole := newStoredHash(r.noStored)
 	whole.Write(r.h.raw)
 	off := int64(len(r.h.raw))
 	var entries []byte
@@ -327,7 +332,7 @@ func (r *Reader) feed() {
 			return
 		}
 		r.summary.StoredSize = off
-		r.summary.SHA256 = hex.EncodeToString(whole.Sum(nil))
+		r.summary.SHA256 = storedSum(whole)
 		send(j, true)
 		return
 	}

@@ -29,14 +29,15 @@ type frameWriterImpl struct{ *frames.Writer }
 
 func (f frameWriterImpl) summary() frameSummary {
 	s := f.Summary()
-	return frameSummary{Codec: s.Codec, Frames: s.Frames, RawSize: s.RawSize, SHA256: s.SHA256, IndexSHA256: s.IndexSHA256, Stages: s.Stages}
+	return frameSummary{Codec: s.Codec, Frames: s.Frames, RawSize: s.RawSize, IndexSHA256: s.IndexSHA256, Stages: s.Stages}
 }
 
 // newFrameWriter encodes into dst: frames cut, compressed in parallel, sealed under the spec's key (if
-// any) and hashed.
+// any) and hashed. The whole artifact is not hashed here: the storage client hashes the bytes it sends and
+// the storage service checks them against what it stored, so a pass of our own would only repeat it.
 func newFrameWriter(dst io.Writer, f *guestv1.FrameSpec) (frameWriter, error) {
 	w, err := frames.NewWriter(dst, frames.Options{Codec: f.Codec, Level: f.Level, FrameSize: f.FrameSize, Workers: f.Workers,
-		ArtifactID: f.ArtifactID, Key: f.Key})
+		ArtifactID: f.ArtifactID, Key: f.Key, NoStoredHash: true})
 	if err != nil {
 		return nil, err
 	}
@@ -48,10 +49,11 @@ type frameReaderImpl struct{ *frames.Reader }
 func (f frameReaderImpl) stages() map[string]time.Duration { return f.Summary().Stages }
 
 // newFrameReader decodes src: every frame is checked (GCM tag with a key, else its SHA-256) before its
-// bytes are returned; io.EOF comes only after the index and footer were checked.
+// bytes are returned; io.EOF comes only after the index and footer were checked. Those checks cover a
+// resumed (spliced) transfer end to end, so the whole-artifact SHA-256 is not computed.
 func newFrameReader(src io.Reader, f *guestv1.FrameSpec) (frameReader, error) {
 	r, err := frames.NewReader(src, frames.ReadOptions{ArtifactID: f.ArtifactID, Key: f.Key, Workers: f.Workers,
-		ExpectIndexSHA256: f.IndexSHA256})
+		ExpectIndexSHA256: f.IndexSHA256, NoStoredHash: true})
 	if err != nil {
 		return nil, err
 	}
