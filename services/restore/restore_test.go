@@ -51,7 +51,20 @@ func (p *probe) Restore(context.Context, strategy.Request) error {
 
 var theProbe = &probe{}
 
-func init() { strategy.Register(theProbe) }
+// stagingProbe is a probe that says it stages the whole chain before touching the target (as the
+// physical restores do), so the service checks its artifacts by stat, not by reading them back.
+type stagingProbe struct{ probe }
+
+func (p *stagingProbe) Name() string      { return "probe-staged-backup" }
+func (p *stagingProbe) Engine() string    { return "probe-staged" }
+func (p *stagingProbe) StagesChain() bool { return true }
+
+var theStagingProbe = &stagingProbe{}
+
+func init() {
+	strategy.Register(theProbe)
+	strategy.Register(theStagingProbe)
+}
 
 type stack struct {
 	nc       *nats.Conn
@@ -116,6 +129,11 @@ func (st *stack) register(t *testing.T, instance, engine string) {
 // put stores a COMPLETED probe backup with one sealed artifact whose key is wrapped for recipient.
 func (st *stack) put(t *testing.T, id, parent, recipient string) *catalog.Manifest {
 	t.Helper()
+	return st.putAs(t, id, parent, recipient, "probe-backup", "probe")
+}
+
+func (st *stack) putAs(t *testing.T, id, parent, recipient, strategyName, engine string) *catalog.Manifest {
+	t.Helper()
 	ctx := ctxT(t)
 	key, _ := datakey.New()
 	rs, err := datakey.ParseRecipients(recipient)
@@ -123,8 +141,8 @@ func (st *stack) put(t *testing.T, id, parent, recipient string) *catalog.Manife
 		t.Fatal(err)
 	}
 	wrapped, _ := datakey.Wrap(key, rs)
-	m := &catalog.Manifest{ManifestVersion: catalog.ManifestVersion, ID: id, Instance: "src", Engine: "probe",
-		Strategy: "probe-backup", Type: catalog.TypeFull, State: catalog.StateCompleted, Created: time.Now().UTC(), DataKey: &wrapped}
+	m := &catalog.Manifest{ManifestVersion: catalog.ManifestVersion, ID: id, Instance: "src", Engine: engine,
+		Strategy: strategyName, Type: catalog.TypeFull, State: catalog.StateCompleted, Created: time.Now().UTC(), DataKey: &wrapped}
 	if parent != "" {
 		m.Type, m.Parent = catalog.TypeIncremental, parent
 	}
@@ -225,5 +243,50 @@ func TestRefusedBeforeTheTargetIsTouched(t *testing.T) {
 	}
 	if theProbe.checked.Load() != 1 || theProbe.restored.Load() != 1 {
 		t.Fatalf("strategy reached check %d, restore %d times; want 1 and 1", theProbe.checked.Load(), theProbe.restored.Load())
+	}
+}
+
+// TestStagingStrategyChecksByStat: for a strategy that stages the chain (the physical restores), the
+// service does not read every artifact back before the restore (the agent checks each frame as it reads
+// and nothing is applied before the end), but a missing or replaced object is still refused before the
+// strategy is reached.
+func TestStagingStrategyChecksByStat(t *testing.T) {
+	st := startStack(t, "")
+	st.register(t, "target", "probe-staged")
+	p := theStagingProbe
+	reached := func() int32 { return p.checked.Load() + p.restored.Load() }
+
+	// A byte flipped inside the stored object: the size and recorded SHA-256 are unchanged, so the restore
+	// goes on to the strategy, whose agent would find the damaged frame (tested on real guests).
+	st.putAs(t, "s1", "", st.recip, "probe-staged-backup", "probe-staged")
+	path := filepath.Join(st.root, "objects", "dbackups", "ds1", "fdata") // fs layout, see backend/fs.go
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x08
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.restore(t, backupv1.RestoreRequest{Backup: "s1", Instance: "target"}); !errs.Is(err, errs.Unavailable) || reached() != 2 {
+		t.Fatalf("flipped byte, staging strategy: %v, strategy reached %d times; want the probe's unavailable, reached twice", err, reached())
+	}
+
+	// The object replaced by another (a different recorded SHA-256): corrupt, strategy not reached.
+	st.putAs(t, "s2", "", st.recip, "probe-staged-backup", "probe-staged")
+	if _, err := st.store.Put(ctxT(t), catalog.ArtifactKey("s2", "data"), bytes.NewReader([]byte("something else")), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.restore(t, backupv1.RestoreRequest{Backup: "s2", Instance: "target"}); !errs.Is(err, errs.Corrupt) || reached() != 2 {
+		t.Fatalf("replaced object: %v, strategy reached %d times; want corrupt, not reached", err, reached())
+	}
+
+	// The object gone: not_found, strategy not reached.
+	st.putAs(t, "s3", "", st.recip, "probe-staged-backup", "probe-staged")
+	if err := st.store.Delete(ctxT(t), catalog.ArtifactKey("s3", "data")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.restore(t, backupv1.RestoreRequest{Backup: "s3", Instance: "target"}); !errs.Is(err, errs.NotFound) || reached() != 2 {
+		t.Fatalf("missing object: %v, strategy reached %d times; want not_found, not reached", err, reached())
 	}
 }

@@ -82,9 +82,9 @@ func (s *Server) restore(ctx context.Context, req backupv1.RestoreRequest) (jobs
 
 // runRestore restores one chain. Everything that can be checked is checked before the target is touched:
 // the chain is whole and COMPLETED, the target guest is alive and runs the backup's engine, every data key
-// opens with the service's identity, every stored object re-reads to its recorded checksum, and the
+// opens with the service's identity, every stored object is there as recorded (checkStored), and the
 // strategy accepts the versions and the mode. Only then does the strategy run; the agent checks every
-// frame again as it applies it.
+// frame as it reads it.
 func (s *Server) runRestore(ctx context.Context, job jobs.Job, report func(jobs.Progress)) (any, error) {
 	started := time.Now()
 	var req backupv1.RestoreRequest
@@ -139,7 +139,7 @@ func (s *Server) runRestore(ctx context.Context, job jobs.Job, report func(jobs.
 	for _, m := range chain {
 		for _, a := range m.Artifacts {
 			report(jobs.Progress{Done: 0, Unit: "bytes", Stage: "check " + m.ID + "/" + a.Name})
-			if _, err := s.store.VerifyNow(ctx, a.Key, a.SHA256); err != nil {
+			if err := s.checkStored(ctx, strat, a); err != nil {
 				return nil, errs.Wrap(errs.CodeOf(err), err, "backup %s, artifact %s", m.ID, a.Name)
 			}
 			total += a.RawSize
@@ -178,4 +178,33 @@ func (s *Server) runRestore(ctx context.Context, job jobs.Job, report func(jobs.
 		s.metrics.Bytes(ctx, "restore", "raw", total)
 	}
 	return res, nil
+}
+
+// stager is a strategy that reads every artifact of the chain to its checked end into a scratch place
+// before it touches the target's data (the physical restores: an extract that replaces the data dir all
+// or nothing, or a staging dir moved in after prepare), so a damaged artifact fails the restore with the
+// target's data as it was.
+type stager interface{ StagesChain() bool }
+
+// checkStored checks one artifact before the restore starts. For a strategy that applies bytes as they
+// arrive (a logical dump piped into a running engine), the storage service reads the whole object back
+// to its recorded SHA-256 first: a damaged frame found half-way would leave the target half-restored.
+// For a stager, a framed artifact is checked as the agent reads it (every frame authenticated under the
+// data key, the index hashed against the manifest's) and nothing is applied before its end, so a
+// read-back would only read the chain twice; the object is stat'ed instead, so a missing or replaced
+// artifact is refused before any byte moves.
+func (s *Server) checkStored(ctx context.Context, strat strategy.Strategy, a catalog.Artifact) error {
+	st, ok := strat.(stager)
+	if !ok || !st.StagesChain() || a.IndexSHA256 == "" {
+		_, err := s.store.VerifyNow(ctx, a.Key, a.SHA256)
+		return err
+	}
+	obj, err := s.store.Stat(ctx, a.Key)
+	if err != nil {
+		return err
+	}
+	if obj.Size != a.Size || obj.SHA256 != a.SHA256 {
+		return errs.New(errs.Corrupt, "stored object %s is %d bytes with SHA-256 %s; the manifest recorded %d bytes, %s", a.Key, obj.Size, obj.SHA256, a.Size, a.SHA256)
+	}
+	return nil
 }

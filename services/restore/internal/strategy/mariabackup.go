@@ -36,8 +36,12 @@ func init() { Register(mariabackupRestore{}) }
 
 type mariabackupRestore struct{}
 
-func (mariabackupRestore) Name() string   { return mariabackupName }
+func (mariabackupRestore) Name() string { return mariabackupName }
+
 func (mariabackupRestore) Engine() string { return guestv1.EngineMariaDB }
+
+// StagesChain: every element is fetched into a staging dir and prepared there; the engine is reset only after.
+func (mariabackupRestore) StagesChain() bool { return true }
 
 // Check refuses, before any byte moves: another engine, mode existing, a broken or foreign chain, and a
 // backup of another release series than the target runs (InnoDB's physical format is tied to it).

@@ -139,8 +139,12 @@ type pgBasebackupRestore struct{}
 
 func init() { Register(pgBasebackupRestore{}) }
 
-func (pgBasebackupRestore) Name() string   { return "pg_basebackup" }
+func (pgBasebackupRestore) Name() string { return "pg_basebackup" }
+
 func (pgBasebackupRestore) Engine() string { return guestv1.EnginePostgreSQL }
+
+// StagesChain: the extract replaces the data dir all or nothing, after the last frame and the index were checked.
+func (pgBasebackupRestore) StagesChain() bool { return true }
 
 // Check: a physical backup only restores onto a new guest whose server has the backup's major version (the
 // on-disk format changes between major versions; minor versions share it).

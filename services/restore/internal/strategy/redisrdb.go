@@ -33,8 +33,12 @@ type redisRDBRestore struct{}
 
 func init() { Register(redisRDBRestore{}) }
 
-func (redisRDBRestore) Name() string   { return "redis-rdb" }
+func (redisRDBRestore) Name() string { return "redis-rdb" }
+
 func (redisRDBRestore) Engine() string { return guestv1.EngineRedis }
+
+// StagesChain: the extract replaces the data dir all or nothing, after the last frame and the index were checked.
+func (redisRDBRestore) StagesChain() bool { return true }
 
 func redisConn(reg guestv1.Registration) []string {
 	port := reg.Status.Port
