@@ -93,6 +93,17 @@ func TestDirectRoundTrip(t *testing.T) {
 	if st, err := st.client.Stat(ctx, "db1/full/direct.bin"); err != nil || st.SHA256 != obj.SHA256 || st.Metadata["engine"] != "postgresql" {
 		t.Fatalf("stat: %+v %v", st, err)
 	}
+	// The completion read the object back, and its record says so (a backup then needs no second
+	// read-back); a plain put reads nothing back and records no verification.
+	if st, err := st.client.Stat(ctx, "db1/full/direct.bin"); err != nil || st.Verified.IsZero() || time.Since(st.Verified) > time.Minute {
+		t.Fatalf("stat after a direct put: verified %v, %v", st.Verified, err)
+	}
+	if _, err := st.client.Put(ctx, "db1/full/plain.bin", bytes.NewReader(data[:1000]), nil); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := st.client.Stat(ctx, "db1/full/plain.bin"); err != nil || !st.Verified.IsZero() {
+		t.Fatalf("stat after a plain put: verified %v, %v", st.Verified, err)
+	}
 
 	var got bytes.Buffer
 	rep, err := st.direct.GetDirect(ctx, "db1/full/direct.bin", 0, 0, &got)

@@ -47,6 +47,9 @@ type Object struct {
 	SHA256   string            `json:"sha256"`
 	Metadata map[string]string `json:"metadata,omitempty"`
 	Modified time.Time         `json:"modified"`
+	// Verified is when the storage service last read the whole object back and found the recorded size
+	// and SHA-256 (a direct upload's completion does); absent if it never did.
+	Verified time.Time `json:"verified,omitzero"`
 }
 
 // PutRequest opens an upload. The reply names the stream subject the client sends the bytes to (shared/stream);

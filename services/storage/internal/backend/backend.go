@@ -23,6 +23,10 @@ type ObjectInfo struct {
 	SHA256   string            `json:"sha256"`             // lower-case hex of the whole object, recorded at put
 	Metadata map[string]string `json:"metadata,omitempty"` // user metadata, see ValidateMetadata
 	Modified time.Time         `json:"modified"`
+	// Verified is when the storage service read the whole stored object back and found the recorded size
+	// and SHA-256 (a direct upload's completion does, before recording it); zero if it never did. A put
+	// over the key writes a new record, so it always refers to the bytes stored now.
+	Verified time.Time `json:"verified,omitzero"`
 }
 
 // Backend is one storage strategy. Implementations are safe for concurrent use.

@@ -310,10 +310,11 @@ type s3Record struct {
 	SHA256   string            `json:"sha256"`
 	Metadata map[string]string `json:"metadata,omitempty"`
 	Modified time.Time         `json:"modified"`
+	Verified time.Time         `json:"verified,omitzero"` // see ObjectInfo.Verified
 }
 
 func (r *s3Record) info() ObjectInfo {
-	return ObjectInfo{Key: r.Key, Size: r.Size, SHA256: r.SHA256, Metadata: copyMetadata(r.Metadata), Modified: r.Modified}
+	return ObjectInfo{Key: r.Key, Size: r.Size, SHA256: r.SHA256, Metadata: copyMetadata(r.Metadata), Modified: r.Modified, Verified: r.Verified}
 }
 
 func (b *s3Backend) metaName(key string) string { return b.prefix + "meta/" + key }

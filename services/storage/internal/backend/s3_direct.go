@@ -199,7 +199,7 @@ func (b *s3Backend) CompleteDirectUpload(ctx context.Context, key, token string,
 		b.deleteData(ctx, dataName)
 		return ObjectInfo{}, err
 	}
-	rec := &s3Record{Key: key, Data: t.Data, Size: size, SHA256: sum, Metadata: copyMetadata(t.Meta)}
+	rec := &s3Record{Key: key, Data: t.Data, Size: size, SHA256: sum, Metadata: copyMetadata(t.Meta), Verified: time.Now().UTC()}
 	if err := b.commitRecord(ctx, rec); err != nil {
 		return ObjectInfo{}, err
 	}

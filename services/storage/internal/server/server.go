@@ -130,7 +130,7 @@ func (s *Server) background(reqCtx context.Context, name string, f func(ctx cont
 }
 
 func toObject(i backend.ObjectInfo) storagev1.Object {
-	return storagev1.Object{Key: i.Key, Size: i.Size, SHA256: i.SHA256, Metadata: i.Metadata, Modified: i.Modified}
+	return storagev1.Object{Key: i.Key, Size: i.Size, SHA256: i.SHA256, Metadata: i.Metadata, Modified: i.Modified, Verified: i.Verified}
 }
 
 func (s *Server) put(ctx context.Context, req storagev1.PutRequest) (storagev1.PutReply, error) {
